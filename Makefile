@@ -1,0 +1,96 @@
+# Two commands from a fresh clone: `make demo` and `make test`. `make stop` ends what demo started.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TEMPORAL := $(VENV)/bin/temporal
+STAMP := $(VENV)/.installed
+STATE := .temporal
+PORT := 7233
+UI_PORT := 8233
+UI := http://localhost:$(UI_PORT)
+
+# Exit 0 when something accepts connections on localhost:$(1).
+listening = $(PY) -c 'import socket,sys; s=socket.socket(); s.settimeout(0.5); sys.exit(s.connect_ex(("127.0.0.1", $(1))) != 0)'
+# Exit 0 when the pid in file $(1) is a live process.
+alive = [ -f $(1) ] && kill -0 "$$(cat $(1))" 2>/dev/null
+
+.PHONY: help install demo server worker release stop test lint clean-workspace
+
+help:
+	@echo "make demo    install, start a dev server and a worker, run the INITIAL release"
+	@echo "make test    install and run the whole test suite"
+	@echo "make stop    stop the worker and dev server that make started"
+	@echo "make server | worker | release KEY=... | lint | clean-workspace"
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed: run make PYTHON=python3.11 ...")'
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+install: $(STAMP)
+
+# The dev server persists to $(STATE)/dev.db, so a restart loses no release.
+server: $(STAMP)
+	@mkdir -p $(STATE)
+	@if $(call listening,$(PORT)); then \
+	  echo "Temporal server already listening on localhost:$(PORT)"; \
+	else \
+	  setsid nohup $(TEMPORAL) server start-dev --ip 127.0.0.1 --port $(PORT) --ui-port $(UI_PORT) \
+	    --db-filename $(STATE)/dev.db --log-level warn \
+	    --search-attribute ReleaseKey=Keyword --search-attribute ReleaseStatus=Keyword \
+	    > $(STATE)/server.log 2>&1 < /dev/null & echo $$! > $(STATE)/server.pid; \
+	  for i in $$(seq 60); do \
+	    $(TEMPORAL) operator cluster health --address localhost:$(PORT) >/dev/null 2>&1 && break; \
+	    $(call alive,$(STATE)/server.pid) || { cat $(STATE)/server.log; echo "Temporal server failed to start"; exit 1; }; \
+	    sleep 0.5; \
+	  done; \
+	  $(TEMPORAL) operator cluster health --address localhost:$(PORT) >/dev/null 2>&1 \
+	    || { echo "Temporal server did not become ready; see $(STATE)/server.log"; exit 1; }; \
+	  echo "Temporal server started on localhost:$(PORT), Web UI $(UI) (log: $(STATE)/server.log)"; \
+	fi
+
+worker: server
+	@if $(call alive,$(STATE)/worker.pid); then \
+	  echo "Worker already running (pid $$(cat $(STATE)/worker.pid), log: $(STATE)/worker.log)"; \
+	else \
+	  setsid nohup $(PY) run_worker.py > $(STATE)/worker.log 2>&1 < /dev/null & echo $$! > $(STATE)/worker.pid; \
+	  for i in $$(seq 60); do \
+	    grep -q "Worker ready" $(STATE)/worker.log && break; \
+	    $(call alive,$(STATE)/worker.pid) || { cat $(STATE)/worker.log; echo "Worker failed to start"; exit 1; }; \
+	    sleep 0.5; \
+	  done; \
+	  grep -q "Worker ready" $(STATE)/worker.log || { echo "Worker did not start; see $(STATE)/worker.log"; exit 1; }; \
+	  echo "Worker started (pid $$(cat $(STATE)/worker.pid), log: $(STATE)/worker.log)"; \
+	fi
+
+KEY ?= RELEASE-NOV-23-INITIAL
+release: worker
+	@$(PY) run_workflow.py --release-key $(KEY)
+
+demo: release
+	@for env in DEV TEST QC PROD; do printf '  %-5s %s\n' $$env "$$(ls environments/$$env | tr '\n' ' ')"; done
+	@echo "Web UI: $(UI)/namespaces/default/workflows   (make stop ends the worker and server)"
+
+stop:
+	@for p in worker server; do \
+	  if $(call alive,$(STATE)/$$p.pid); then \
+	    pid=$$(cat $(STATE)/$$p.pid); kill $$pid; \
+	    for i in $$(seq 40); do kill -0 $$pid 2>/dev/null || break; sleep 0.25; done; \
+	    kill -0 $$pid 2>/dev/null && kill -9 $$pid; \
+	    echo "Stopped $$p (pid $$pid)"; \
+	  fi; \
+	  rm -f $(STATE)/$$p.pid; \
+	done
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+# Empty the workspace folders (artifacts, deployed files, ledger); the folders stay.
+clean-workspace:
+	find artifactory environments -type f ! -name .gitkeep -delete
+	rm -f ledger.jsonl

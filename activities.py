@@ -1,0 +1,54 @@
+"""Temporal activities: thin wrappers that run the release management system's steps.
+
+They are synchronous and run on the worker's thread pool, because the steps do
+blocking file I/O; heartbeats report liveness so a dead worker is noticed in seconds.
+"""
+
+from __future__ import annotations
+
+from temporalio import activity
+
+from release_management import ReleaseManagement
+from shared import ApprovalReport, ReleaseInfo, StepInput
+from utils import FailureInjector
+
+
+def step_summary(verb: str, step: StepInput) -> str:
+    d = step.deploy
+    arrow = "in" if verb == "test" else "→"
+    return f"{verb} {d.container_id}-{d.version} {arrow} {step.env}"
+
+
+class ReleaseActivities:
+    def __init__(self, rm: ReleaseManagement, failures: FailureInjector | None = None) -> None:
+        self.rm = rm
+        self.failures = failures or FailureInjector("never")
+
+    @activity.defn
+    def gather_deployments(self, release_key: str) -> ReleaseInfo:
+        self.failures.maybe_fail(f"gather deployments of {release_key}", activity.info().attempt)
+        return self.rm.gather_deployments(release_key)
+
+    @activity.defn
+    def gather_release_approval(self, release: ReleaseInfo) -> ApprovalReport:
+        self.failures.maybe_fail(f"gather approval of {release.release_key}", activity.info().attempt)
+        return self.rm.gather_release_approval(release)
+
+    @activity.defn
+    def build(self, step: StepInput) -> str:
+        return self._step("build", step)
+
+    @activity.defn
+    def deploy(self, step: StepInput) -> str:
+        return self._step("deploy", step)
+
+    @activity.defn
+    def test(self, step: StepInput) -> str:
+        return self._step("test", step)
+
+    def _step(self, verb: str, step: StepInput) -> str:
+        attempt = activity.info().attempt
+        # The seed key includes the release run so two runs of one release fail differently.
+        self.failures.maybe_fail(step_summary(verb, step), attempt, key=step.run_id)
+        run = getattr(self.rm, verb)
+        return run(step, attempt=attempt, progress=activity.heartbeat)

@@ -1,0 +1,81 @@
+"""Failure injection for the demo, and the Temporal client helpers the scripts share."""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from typing import NoReturn
+
+from dotenv import load_dotenv
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.envconfig import ClientConfigProfile
+
+from shared import FAILURE_RATES, REPO_ROOT
+
+
+class SimulatedFailure(RuntimeError):
+    """A transient fault, as a flaky network or a busy build farm would cause: worth retrying."""
+
+
+class FailureInjector:
+    """Fails a step with the probability of FAILURE_RATE: never, rarely, sometimes, alot.
+
+    With a seed the same step at the same attempt always fails or succeeds the
+    same way, whatever order workers run steps in, so a failing run can be replayed.
+    """
+
+    def __init__(self, rate: str = "never", seed: int | None = None) -> None:
+        if rate not in FAILURE_RATES:
+            raise ValueError(f"failure rate {rate!r} is not one of {', '.join(FAILURE_RATES)}")
+        self.rate = rate
+        self.probability = FAILURE_RATES[rate]
+        self.seed = seed
+
+    def maybe_fail(self, what: str, attempt: int, key: str = "") -> None:
+        """Raise SimulatedFailure for step `what`; `key` further identifies it for the seed."""
+        if self.probability <= 0:
+            return
+        seeded = self.seed is not None
+        rng = random.Random(f"{self.seed}|{key}|{what}|{attempt}") if seeded else random
+        if rng.random() < self.probability:
+            raise SimulatedFailure(f"simulated failure ({self.rate}): {what}, attempt {attempt}")
+
+
+def load_env_file() -> None:
+    """Load .env from the repo root, or the file RELEASE_ENV_FILE names ("" for none); set variables win."""
+    path = os.environ.get("RELEASE_ENV_FILE", str(REPO_ROOT / ".env"))
+    if path:
+        load_dotenv(path)
+
+
+def connect_config() -> dict:
+    """Connection settings from TEMPORAL_* variables and TOML profiles, as the temporal CLI reads them."""
+    config = dict(ClientConfigProfile.load().to_client_connect_config())
+    config.setdefault("target_host", "localhost:7233")
+    config.setdefault("namespace", "default")
+    return config
+
+
+async def connect() -> Client:
+    return await Client.connect(**connect_config(), data_converter=pydantic_data_converter)
+
+
+def root_cause(err: BaseException) -> BaseException:
+    """The innermost cause: a failed release arrives wrapped in workflow, child and activity errors."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return err
+
+
+def exit_now(code: int) -> NoReturn:
+    """Exit without interpreter teardown.
+
+    temporalio issue #300: a process that used a client can abort during teardown
+    (Fatal Python error: PyGILState_Release, exit 134) after its work succeeded.
+    Skipping teardown once output is flushed makes the exit code the real outcome.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
