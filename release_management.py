@@ -222,8 +222,7 @@ class ReleaseManagement:
         source = source_dir / name
         if not source.is_file():
             raise MissingArtifact(
-                f"cannot deploy {d.container_id} {d.version} to {env}: "
-                f"{source_label} does not hold {name}"
+                f"cannot deploy {d.container_id} {d.version} to {env}: {source_label} does not hold {name}"
             )
         self._work(progress)
         target_dir = self.env_dir(env)
@@ -289,7 +288,4 @@ def _container_of(artifact_name: str) -> str:
 
 
 def build_content(d: DeployInfo, release_key: str) -> bytes:
-    return (
-        f"container: {d.container_id}\nversion: {d.version}\n"
-        f"release: {release_key}\ngit: {d.git_url}\n"
-    ).encode()
+    return (f"container: {d.container_id}\nversion: {d.version}\nrelease: {release_key}\ngit: {d.git_url}\n").encode()

@@ -15,24 +15,38 @@ from datetime import timedelta
 from temporalio.worker import Worker
 
 from activities import ReleaseActivities
-from release_management import ReleaseManagement
+from release_management import ReleaseError, ReleaseManagement
 from shared import Settings
-from utils import FailureInjector, connect, connect_config, exit_now, load_env_file
+from utils import FailureInjector, SimulatedFailure, connect, connect_config, exit_now, load_env_file
 from workflows import DeployWorkflow, ReleaseWorkflow
 
 MAX_CONCURRENT_STEPS = 16
+# Failures the demo expects: logged as one line each, not as a traceback.
+EXPECTED_FAILURES = (SimulatedFailure, ReleaseError)
+
+
+class OneLineExpectedFailures(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        err = record.exc_info[1] if record.exc_info else None
+        if isinstance(err, EXPECTED_FAILURES):
+            where = getattr(record, "temporal_activity", {}).get("workflow_id", "")
+            then = "Temporal retries it" if isinstance(err, SimulatedFailure) else "not retried"
+            record.msg, record.args = "%s: %s (%s)", (where, err, then)
+            record.exc_info = record.exc_text = None
+        return True
 
 
 async def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("temporalio.activity").addFilter(OneLineExpectedFailures())
     try:
         settings = Settings.from_env()
+        target = connect_config()
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    target = connect_config()
     try:
-        client = await connect()
+        client = await connect(target)
     except RuntimeError:
         print(
             f"error: cannot reach Temporal at {target['target_host']} (namespace {target['namespace']}); "

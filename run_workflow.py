@@ -30,8 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def ui_link(workflow_id: str, run_id: str | None = None) -> str | None:
-    target = connect_config()
+def ui_link(target: dict, workflow_id: str, run_id: str | None = None) -> str | None:
     host = target["target_host"].rsplit(":", 1)[0]
     if host in ("localhost", "127.0.0.1") and target["target_host"].endswith(":7233"):
         base = "http://localhost:8233"
@@ -43,7 +42,7 @@ def ui_link(workflow_id: str, run_id: str | None = None) -> str | None:
     return f"{base}/namespaces/{target['namespace']}/workflows/{workflow_id}{tail}"
 
 
-async def release(client: Client, settings: Settings, key: str) -> int:
+async def release(client: Client, settings: Settings, target: dict, key: str) -> int:
     workflow_id = release_workflow_id(key)
     try:
         running = (await client.get_workflow_handle(workflow_id).describe()).status
@@ -59,7 +58,7 @@ async def release(client: Client, settings: Settings, key: str) -> int:
     )
     verb = "is already running; waiting for it" if running == WorkflowExecutionStatus.RUNNING else "started"
     print(f"Release {key} {verb} (workflow {workflow_id}).", flush=True)
-    link = ui_link(workflow_id, handle.result_run_id)
+    link = ui_link(target, workflow_id, handle.result_run_id)
     if link:
         print(f"Web UI: {link}", flush=True)
     try:
@@ -76,6 +75,7 @@ async def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings.from_env()
         key = check_release_key(args.release_key)
+        target = connect_config()
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -94,9 +94,8 @@ async def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown release key {key!r}; known keys: {', '.join(known)}", file=sys.stderr)
         return 2
 
-    target = connect_config()
     try:
-        client = await connect()
+        client = await connect(target)
     except RuntimeError:
         print(
             f"error: cannot reach Temporal at {target['target_host']} (namespace {target['namespace']}). "
@@ -105,7 +104,7 @@ async def main(argv: list[str] | None = None) -> int:
         )
         return 3
     try:
-        return await release(client, settings, key)
+        return await release(client, settings, target, key)
     except RPCError as e:
         print(f"error: Temporal at {target['target_host']} refused the request: {e.message}", file=sys.stderr)
         return 3

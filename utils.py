@@ -52,14 +52,17 @@ def load_env_file() -> None:
 
 def connect_config() -> dict:
     """Connection settings from TEMPORAL_* variables and TOML profiles, as the temporal CLI reads them."""
-    config = dict(ClientConfigProfile.load().to_client_connect_config())
+    try:
+        config = dict(ClientConfigProfile.load().to_client_connect_config())
+    except Exception as e:  # the bridge raises its own ConfigError type
+        raise ValueError(f"Temporal connection settings: {e}") from None
     config.setdefault("target_host", "localhost:7233")
     config.setdefault("namespace", "default")
     return config
 
 
-async def connect() -> Client:
-    return await Client.connect(**connect_config(), data_converter=pydantic_data_converter)
+async def connect(config: dict | None = None) -> Client:
+    return await Client.connect(**(config or connect_config()), data_converter=pydantic_data_converter)
 
 
 def root_cause(err: BaseException) -> BaseException:

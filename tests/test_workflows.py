@@ -1,0 +1,164 @@
+"""Workflow logic on the time-skipping test server, with the real activities on a temporary workspace."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+from temporalio.client import WorkflowFailureError, WorkflowHandle
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from activities import ReleaseActivities
+from release_management import ReleaseManagement
+from shared import DeployInfo, ReleaseInfo, ReleaseResult
+from tests.conftest import CATALOG
+from utils import FailureInjector, root_cause
+from workflows import DeployWorkflow, ReleaseWorkflow
+
+ALL = ["backendforfrontend-1.0", "frontend-1.0", "sbstore-1.0"]
+
+
+@asynccontextmanager
+async def worker(
+    env: WorkflowEnvironment, rm: ReleaseManagement, failures: FailureInjector | None = None
+) -> AsyncIterator[str]:
+    acts = ReleaseActivities(rm, failures)
+    task_queue = f"tq-{uuid.uuid4()}"
+    with ThreadPoolExecutor(max_workers=8) as executor:
+        async with Worker(
+            env.client,
+            task_queue=task_queue,
+            workflows=[ReleaseWorkflow, DeployWorkflow],
+            activities=[acts.gather_deployments, acts.gather_release_approval, acts.build, acts.deploy, acts.test],
+            activity_executor=executor,
+        ):
+            yield task_queue
+
+
+async def start(env: WorkflowEnvironment, task_queue: str, release: ReleaseInfo) -> WorkflowHandle:
+    return await env.client.start_workflow(
+        ReleaseWorkflow.run, release, id=f"release-{release.release_key}-{uuid.uuid4()}", task_queue=task_queue
+    )
+
+
+async def failure_of(handle: WorkflowHandle) -> BaseException:
+    # A bound on waiting: a bad input that were retried would otherwise never end.
+    with pytest.raises(WorkflowFailureError) as err:
+        await asyncio.wait_for(handle.result(), 30)
+    return root_cause(err.value)
+
+
+async def test_release_promotes_every_deploy_through_every_environment(
+    ts_env: WorkflowEnvironment, rm: ReleaseManagement
+) -> None:
+    async with worker(ts_env, rm) as tq:
+        result = await (await start(ts_env, tq, ReleaseInfo(release_key="RELEASE-NOV-23-INITIAL"))).result()
+    assert isinstance(result, ReleaseResult)
+    assert result.status == "SUCCESS"
+    assert sorted(d.artifact for d in result.deploys) == ALL
+    for env in ("DEV", "TEST", "QC", "PROD"):
+        assert rm.contents(env) == ALL
+    steps = sorted((e["container"], e["step"], e["env"]) for e in rm.ledger.entries())
+    # 3 containers x (build + 4 deploys + 4 tests), each exactly once.
+    assert len(steps) == 27 and len(set(steps)) == 27
+
+
+async def test_unknown_release_key_fails_at_once(ts_env: WorkflowEnvironment, rm: ReleaseManagement) -> None:
+    async with worker(ts_env, rm) as tq:
+        handle = await start(ts_env, tq, ReleaseInfo(release_key="RELEASE-NEVER"))
+        cause = await failure_of(handle)
+    assert isinstance(cause, ApplicationError) and cause.type == "UnknownRelease"
+    assert "unknown release key 'RELEASE-NEVER'" in str(cause)
+    assert await attempts(ts_env, handle) == [1]
+
+
+async def test_missing_source_fails_without_retrying(ts_env: WorkflowEnvironment, rm: ReleaseManagement) -> None:
+    async with worker(ts_env, rm) as tq:
+        handle = await start(ts_env, tq, ReleaseInfo(release_key="RELEASE-JAN-24-ALPHA-PROD"))
+        cause = await failure_of(handle)
+    assert isinstance(cause, ApplicationError) and cause.type == "MissingArtifact"
+    assert "to PROD: QC does not hold" in str(cause)
+    assert rm.contents("PROD") == []
+
+
+def unchecked_release(**deploy_fields: object) -> ReleaseInfo:
+    """A release that skips client-side validation, as another Temporal client could send it."""
+    fields = {
+        "deploy_key": "R:frontend",
+        "container_id": "frontend",
+        "version": "1.0",
+        "git_url": "https://example.invalid/frontend",
+        "environments": ["DEV"],
+        "approved": True,
+        **deploy_fields,
+    }
+    return ReleaseInfo.model_construct(
+        release_key="R", release_date=None, approved=True, deploys=[DeployInfo.model_construct(**fields)]
+    )
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"environments": ["DEV", "TEST", "PROD"]}, "PROD needs QC before it"),
+        ({"environments": ["STAGING"]}, "STAGING"),
+        ({"container_id": "../x"}, "container id '../x' is invalid"),
+        ({"version": "../1"}, "version '../1' is invalid"),
+    ],
+)
+async def test_invalid_deploys_fail_the_release_at_once(
+    ts_env: WorkflowEnvironment, rm: ReleaseManagement, tmp_path: Path, fields: dict, message: str
+) -> None:
+    async with worker(ts_env, rm) as tq:
+        cause = await failure_of(await start(ts_env, tq, unchecked_release(**fields)))
+    assert message in str(cause)
+    assert [p.name for p in tmp_path.iterdir()] == []
+
+
+async def test_unapproved_deploy_stops_the_release(ts_env: WorkflowEnvironment, tmp_path: Path) -> None:
+    catalog = json.loads(CATALOG.read_text())
+    catalog["releases"][0]["unapproved"] = ["sbstore"]
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps(catalog))
+    rm = ReleaseManagement(tmp_path / "ws", path)
+    async with worker(ts_env, rm) as tq:
+        cause = await failure_of(await start(ts_env, tq, ReleaseInfo(release_key="RELEASE-NOV-23-INITIAL")))
+    assert isinstance(cause, ApplicationError) and cause.type == "NotApproved"
+    assert "unapproved deploys: RELEASE-NOV-23-INITIAL:sbstore" in str(cause)
+    assert rm.contents("DEV") == []
+
+
+async def test_release_survives_frequent_failures(ts_env: WorkflowEnvironment, rm: ReleaseManagement) -> None:
+    async with worker(ts_env, rm, FailureInjector("alot", seed=7)) as tq:
+        handle = await start(ts_env, tq, ReleaseInfo(release_key="RELEASE-NOV-23-INITIAL"))
+        result = await handle.result()
+    assert result.status == "SUCCESS"
+    for env in ("DEV", "TEST", "QC", "PROD"):
+        assert rm.contents(env) == ALL
+    retried = [a for a in await attempts(ts_env, handle, children=True) if a > 1]
+    assert len(retried) >= 5, "FAILURE_RATE=alot should show retries in history"
+    # Retries re-ran steps, yet every side effect is recorded once.
+    keys = [(e["deploy_key"], e["step"], e["env"]) for e in rm.ledger.entries()]
+    assert len(keys) == 27 == len(set(keys))
+
+
+async def attempts(env: WorkflowEnvironment, handle: WorkflowHandle, children: bool = False) -> list[int]:
+    """The attempt number of every activity that started, from the workflow histories."""
+    ids = [handle.id]
+    found: list[int] = []
+    while ids:
+        history = await env.client.get_workflow_handle(ids.pop()).fetch_history()
+        for event in history.events:
+            if event.HasField("activity_task_started_event_attributes"):
+                found.append(event.activity_task_started_event_attributes.attempt)
+            if children and event.HasField("child_workflow_execution_started_event_attributes"):
+                ids.append(event.child_workflow_execution_started_event_attributes.workflow_execution.workflow_id)
+    return found
