@@ -48,7 +48,6 @@ class ReleaseActivities:
 
     def _step(self, verb: str, step: StepInput) -> str:
         attempt = activity.info().attempt
-        # The seed key includes the release run so two runs of one release fail differently.
-        self.failures.maybe_fail(step_summary(verb, step), attempt, key=step.run_id)
+        self.failures.maybe_fail(step_summary(verb, step), attempt, key=step.release_key)
         run = getattr(self.rm, verb)
         return run(step, attempt=attempt, progress=activity.heartbeat)

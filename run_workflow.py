@@ -12,15 +12,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import time
 
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from release_management import CatalogError, ReleaseManagement
-from shared import DEFAULT_RELEASE_KEY, ReleaseInfo, Settings, check_release_key, release_workflow_id
+from shared import DEFAULT_RELEASE_KEY, ReleaseInfo, ReleaseResult, Settings, check_release_key, release_workflow_id
 from utils import connect, connect_config, exit_now, load_env_file, root_cause
 from workflows import ReleaseWorkflow
+
+# How long to wait for a server that went away (a restart, a network blip) before
+# suggesting a re-attach; the release itself never depends on this process.
+RIDE_THROUGH_SECONDS = 300
+TRANSIENT = (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.UNKNOWN)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,12 +68,39 @@ async def release(client: Client, settings: Settings, target: dict, key: str) ->
     if link:
         print(f"Web UI: {link}", flush=True)
     try:
-        result = await handle.result()
+        result = await wait_through_outages(handle, target, key)
     except WorkflowFailureError as e:
         print(f"Result: Release {key}: FAILED: {root_cause(e)}", flush=True)
         return 1
+    if result is None:
+        return 3
     print(f"Result: Release {key}: {result.status}", flush=True)
     return 0
+
+
+async def wait_through_outages(handle: WorkflowHandle, target: dict, key: str) -> ReleaseResult | None:
+    """The release's result; rides through a server restart instead of giving up on the release."""
+    lost_since: float | None = None
+    while True:
+        try:
+            return await handle.result()
+        except RPCError as e:
+            if e.status not in TRANSIENT:
+                raise
+            now = time.monotonic()
+            if lost_since is None:
+                lost_since = now
+                print(
+                    f"Lost contact with Temporal at {target['target_host']}; waiting for it to come back.", flush=True
+                )
+            elif now - lost_since > RIDE_THROUGH_SECONDS:
+                print(
+                    f"Temporal at {target['target_host']} is still unreachable. The release is safe in it: "
+                    f"run `python run_workflow.py --release-key {key}` again to re-attach.",
+                    flush=True,
+                )
+                return None
+            await asyncio.sleep(1)
 
 
 async def main(argv: list[str] | None = None) -> int:
@@ -95,7 +128,8 @@ async def main(argv: list[str] | None = None) -> int:
         return 2
 
     try:
-        client = await connect(target)
+        # The starter reports outages itself, in one line, instead of the SDK's retry warnings.
+        client = await connect(target, quiet=True)
     except RuntimeError:
         print(
             f"error: cannot reach Temporal at {target['target_host']} (namespace {target['namespace']}). "

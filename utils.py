@@ -11,6 +11,7 @@ from dotenv import load_dotenv
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.envconfig import ClientConfigProfile
+from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 
 from shared import FAILURE_RATES, REPO_ROOT
 
@@ -61,8 +62,13 @@ def connect_config() -> dict:
     return config
 
 
-async def connect(config: dict | None = None) -> Client:
-    return await Client.connect(**(config or connect_config()), data_converter=pydantic_data_converter)
+async def connect(config: dict | None = None, quiet: bool = False) -> Client:
+    """A client with the pydantic data converter; quiet hides the SDK core's retry warnings."""
+    runtime = None
+    if quiet:
+        errors_only = TelemetryFilter(core_level="ERROR", other_level="ERROR")
+        runtime = Runtime(telemetry=TelemetryConfig(logging=LoggingConfig(filter=errors_only)))
+    return await Client.connect(**(config or connect_config()), data_converter=pydantic_data_converter, runtime=runtime)
 
 
 def root_cause(err: BaseException) -> BaseException:

@@ -42,7 +42,33 @@ async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
     await env.shutdown()
 
 
+@pytest.fixture(scope="session")
+async def dev_server() -> AsyncIterator[WorkflowEnvironment]:
+    """A real Temporal dev server (the temporal CLI) on a free port, shared by the end-to-end tests."""
+    env = await WorkflowEnvironment.start_local(
+        data_converter=pydantic_data_converter, dev_server_existing_path=installed_binary("temporal")
+    )
+    yield env
+    await env.shutdown()
+
+
+def target_of(env: WorkflowEnvironment) -> str:
+    return env.client.service_client.config.target_host
+
+
 _exit_status = 0
+_proof_lines: list[str] = []
+
+
+@pytest.fixture
+def proof_lines() -> list[str]:
+    """Lines a test wants shown at the end of the run, such as the chaos proof's figures."""
+    return _proof_lines
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for line in _proof_lines:
+        terminalreporter.write_line(line)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -9,7 +9,11 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+
+from temporalio.api.history.v1 import ActivityTaskStartedEventAttributes
+from temporalio.client import Client
 
 from tests.conftest import REPO
 
@@ -82,3 +86,26 @@ async def run_script(args: list[str], env: dict[str, str], limit: float = 120) -
     )
     out, _ = await asyncio.wait_for(proc.communicate(), limit)
     return proc.returncode or 0, out.decode()
+
+
+async def activity_starts(client: Client, workflow_id: str) -> list[ActivityTaskStartedEventAttributes]:
+    """Every activity start in a workflow's history and its child workflows' histories.
+
+    History keeps the last attempt of each activity, so attempt - 1 is its retries.
+    """
+    ids, starts = [workflow_id], []
+    while ids:
+        history = await client.get_workflow_handle(ids.pop()).fetch_history()
+        for event in history.events:
+            if event.HasField("activity_task_started_event_attributes"):
+                starts.append(event.activity_task_started_event_attributes)
+            if event.HasField("child_workflow_execution_started_event_attributes"):
+                ids.append(event.child_workflow_execution_started_event_attributes.workflow_execution.workflow_id)
+    return starts
+
+
+async def until(condition: Callable[[], bool], limit: float = 60) -> None:
+    """Wait for a condition, checking often; fail after limit seconds."""
+    async with asyncio.timeout(limit):
+        while not condition():  # noqa: ASYNC110 - the condition is another process's state
+            await asyncio.sleep(0.05)

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from release_management import Ledger
-from tests.conftest import installed_binary
+from tests.conftest import target_of
 from tests.support import WorkerProcess, run_script, script_env, task_queue
 
 # What each environment holds after each release, released in this order (the catalog's table).
@@ -40,17 +39,13 @@ def contents(workspace: Path, env: str) -> list[str]:
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
-@pytest.fixture(scope="module")
-async def dev_server() -> AsyncIterator[str]:
-    env = await WorkflowEnvironment.start_local(
-        data_converter=pydantic_data_converter, dev_server_existing_path=installed_binary("temporal")
-    )
-    yield env.client.service_client.config.target_host
-    await env.shutdown()
+@pytest.fixture
+def server(dev_server: WorkflowEnvironment) -> str:
+    return target_of(dev_server)
 
 
-async def test_six_releases_in_order_leave_the_environments_as_the_table_says(dev_server: str, tmp_path: Path) -> None:
-    env = script_env(dev_server, tmp_path, task_queue(), FAILURE_RATE="sometimes", FAILURE_SEED="3")
+async def test_six_releases_in_order_leave_the_environments_as_the_table_says(server: str, tmp_path: Path) -> None:
+    env = script_env(server, tmp_path, task_queue(), FAILURE_RATE="sometimes", FAILURE_SEED="3")
     worker = WorkerProcess(env, tmp_path / "worker.log").start()
     try:
         for key, expected in EXPECTED:
@@ -65,13 +60,16 @@ async def test_six_releases_in_order_leave_the_environments_as_the_table_says(de
     assert "Traceback" not in (tmp_path / "worker.log").read_text()
 
 
-async def test_starting_a_running_release_attaches_to_it(dev_server: str, tmp_path: Path) -> None:
-    env = script_env(dev_server, tmp_path, task_queue())
+async def test_starting_a_running_release_attaches_to_it(
+    server: str, dev_server: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    dev_server_client = dev_server.client
+    env = script_env(server, tmp_path, task_queue())
     key = "RELEASE-JAN-24-ALPHA-DEV"
     args = ["--release-key", key]
     first = asyncio.create_task(run_script(args, env))
     # No worker yet, so the release is certainly still running when the second start comes.
-    await wait_for_workflow(dev_server, f"release-{key}", env["RELEASE_TASK_QUEUE"])
+    await wait_for_workflow(dev_server_client, f"release-{key}", env["RELEASE_TASK_QUEUE"])
     second = asyncio.create_task(run_script(args, env))
     await asyncio.sleep(0)
     worker = WorkerProcess(env, tmp_path / "worker.log")
@@ -87,10 +85,7 @@ async def test_starting_a_running_release_attaches_to_it(dev_server: str, tmp_pa
     assert len(runs) == 1
 
 
-async def wait_for_workflow(target: str, workflow_id: str, tq: str) -> None:
-    from utils import connect
-
-    client = await connect({"target_host": target, "namespace": "default"})
+async def wait_for_workflow(client: Client, workflow_id: str, tq: str) -> None:
     async with asyncio.timeout(30):
         while True:
             try:
@@ -102,8 +97,8 @@ async def wait_for_workflow(target: str, workflow_id: str, tq: str) -> None:
             await asyncio.sleep(0.1)
 
 
-async def test_unknown_key_fails_in_seconds_and_changes_nothing(dev_server: str, tmp_path: Path) -> None:
-    env = script_env(dev_server, tmp_path, task_queue())
+async def test_unknown_key_fails_in_seconds_and_changes_nothing(server: str, tmp_path: Path) -> None:
+    env = script_env(server, tmp_path, task_queue())
     code, out = await asyncio.wait_for(run_script(["--release-key", "RELEASE-NOPE"], env), 10)
     assert code == 2
     assert out.strip().splitlines() == [

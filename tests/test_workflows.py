@@ -20,6 +20,7 @@ from activities import ReleaseActivities
 from release_management import ReleaseManagement
 from shared import DeployInfo, ReleaseInfo, ReleaseResult
 from tests.conftest import CATALOG
+from tests.support import activity_starts
 from utils import FailureInjector, root_cause
 from workflows import DeployWorkflow, ReleaseWorkflow
 
@@ -151,14 +152,11 @@ async def test_release_survives_frequent_failures(ts_env: WorkflowEnvironment, r
 
 
 async def attempts(env: WorkflowEnvironment, handle: WorkflowHandle, children: bool = False) -> list[int]:
-    """The attempt number of every activity that started, from the workflow histories."""
-    ids = [handle.id]
-    found: list[int] = []
-    while ids:
-        history = await env.client.get_workflow_handle(ids.pop()).fetch_history()
-        for event in history.events:
-            if event.HasField("activity_task_started_event_attributes"):
-                found.append(event.activity_task_started_event_attributes.attempt)
-            if children and event.HasField("child_workflow_execution_started_event_attributes"):
-                ids.append(event.child_workflow_execution_started_event_attributes.workflow_execution.workflow_id)
-    return found
+    if not children:
+        history = await handle.fetch_history()
+        return [
+            e.activity_task_started_event_attributes.attempt
+            for e in history.events
+            if e.HasField("activity_task_started_event_attributes")
+        ]
+    return [a.attempt for a in await activity_starts(env.client, handle.id)]
