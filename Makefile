@@ -14,13 +14,14 @@ listening = $(PY) -c 'import socket,sys; s=socket.socket(); s.settimeout(0.5); s
 # Exit 0 when the pid in file $(1) is a live process.
 alive = [ -f $(1) ] && kill -0 "$$(cat $(1))" 2>/dev/null
 
-.PHONY: help install demo server worker release stop test lint clean-workspace
+.PHONY: help install demo server worker release stop test chaos histories lint clean-workspace
 
 help:
 	@echo "make demo    install, start a dev server and a worker, run the INITIAL release"
 	@echo "make test    install and run the whole test suite"
 	@echo "make stop    stop the worker and dev server that make started"
-	@echo "make server | worker | release KEY=... | lint | clean-workspace"
+	@echo "make chaos   kill workers and restart the server during a release; print the figures"
+	@echo "make server | worker | release KEY=... | histories | lint | clean-workspace"
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed: run make PYTHON=python3.11 ...")'
@@ -85,6 +86,14 @@ stop:
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# The durability proof alone: worker kills and a server restart during a release (CHAOS_SEED=n repeats one).
+chaos: $(STAMP)
+	$(PY) -m pytest tests/test_chaos.py
+
+# Re-record the replay tests' histories; only for a deliberate, versioned workflow change.
+histories: $(STAMP)
+	$(PY) -m tests.record_histories
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -6,6 +6,9 @@ blocking file I/O; heartbeats report liveness so a dead worker is noticed in sec
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from temporalio import activity
 
 from release_management import ReleaseManagement
@@ -23,6 +26,10 @@ class ReleaseActivities:
     def __init__(self, rm: ReleaseManagement, failures: FailureInjector | None = None) -> None:
         self.rm = rm
         self.failures = failures or FailureInjector("never")
+
+    def all(self) -> list[Callable[..., Any]]:
+        """Every activity, for registering on a worker."""
+        return [self.gather_deployments, self.gather_release_approval, self.build, self.deploy, self.test]
 
     @activity.defn
     def gather_deployments(self, release_key: str) -> ReleaseInfo:

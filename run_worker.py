@@ -67,7 +67,7 @@ async def main() -> int:
             client,
             task_queue=settings.task_queue,
             workflows=[ReleaseWorkflow, DeployWorkflow],
-            activities=[acts.gather_deployments, acts.gather_release_approval, acts.build, acts.deploy, acts.test],
+            activities=acts.all(),
             activity_executor=executor,
             max_concurrent_activities=MAX_CONCURRENT_STEPS,
             # Steps in flight get a moment to finish; any cut off are retried elsewhere.

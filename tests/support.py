@@ -9,13 +9,21 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from temporalio.api.history.v1 import ActivityTaskStartedEventAttributes
 from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
 
+from activities import ReleaseActivities
+from release_management import ReleaseManagement
 from tests.conftest import REPO
+from utils import FailureInjector
+from workflows import DeployWorkflow, ReleaseWorkflow
 
 
 def script_env(target: str, workspace: Path, task_queue: str, **overrides: str) -> dict[str, str]:
@@ -109,3 +117,21 @@ async def until(condition: Callable[[], bool], limit: float = 60) -> None:
     async with asyncio.timeout(limit):
         while not condition():  # noqa: ASYNC110 - the condition is another process's state
             await asyncio.sleep(0.05)
+
+
+@asynccontextmanager
+async def in_process_worker(
+    env: WorkflowEnvironment, rm: ReleaseManagement, failures: FailureInjector | None = None
+) -> AsyncIterator[str]:
+    """A worker in this process with the real activities; yields its task queue."""
+    acts = ReleaseActivities(rm, failures)
+    task_queue = f"tq-{uuid.uuid4()}"
+    with ThreadPoolExecutor(max_workers=8) as executor:
+        async with Worker(
+            env.client,
+            task_queue=task_queue,
+            workflows=[ReleaseWorkflow, DeployWorkflow],
+            activities=acts.all(),
+            activity_executor=executor,
+        ):
+            yield task_queue

@@ -5,43 +5,21 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 from temporalio.client import WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Worker
 
-from activities import ReleaseActivities
 from release_management import ReleaseManagement
 from shared import DeployInfo, ReleaseInfo, ReleaseResult
 from tests.conftest import CATALOG
-from tests.support import activity_starts
+from tests.support import activity_starts, in_process_worker
 from utils import FailureInjector, root_cause
-from workflows import DeployWorkflow, ReleaseWorkflow
+from workflows import ReleaseWorkflow
 
 ALL = ["backendforfrontend-1.0", "frontend-1.0", "sbstore-1.0"]
-
-
-@asynccontextmanager
-async def worker(
-    env: WorkflowEnvironment, rm: ReleaseManagement, failures: FailureInjector | None = None
-) -> AsyncIterator[str]:
-    acts = ReleaseActivities(rm, failures)
-    task_queue = f"tq-{uuid.uuid4()}"
-    with ThreadPoolExecutor(max_workers=8) as executor:
-        async with Worker(
-            env.client,
-            task_queue=task_queue,
-            workflows=[ReleaseWorkflow, DeployWorkflow],
-            activities=[acts.gather_deployments, acts.gather_release_approval, acts.build, acts.deploy, acts.test],
-            activity_executor=executor,
-        ):
-            yield task_queue
 
 
 async def start(env: WorkflowEnvironment, task_queue: str, release: ReleaseInfo) -> WorkflowHandle:
@@ -60,7 +38,7 @@ async def failure_of(handle: WorkflowHandle) -> BaseException:
 async def test_release_promotes_every_deploy_through_every_environment(
     ts_env: WorkflowEnvironment, rm: ReleaseManagement
 ) -> None:
-    async with worker(ts_env, rm) as tq:
+    async with in_process_worker(ts_env, rm) as tq:
         result = await (await start(ts_env, tq, ReleaseInfo(release_key="RELEASE-NOV-23-INITIAL"))).result()
     assert isinstance(result, ReleaseResult)
     assert result.status == "SUCCESS"
@@ -73,7 +51,7 @@ async def test_release_promotes_every_deploy_through_every_environment(
 
 
 async def test_unknown_release_key_fails_at_once(ts_env: WorkflowEnvironment, rm: ReleaseManagement) -> None:
-    async with worker(ts_env, rm) as tq:
+    async with in_process_worker(ts_env, rm) as tq:
         handle = await start(ts_env, tq, ReleaseInfo(release_key="RELEASE-NEVER"))
         cause = await failure_of(handle)
     assert isinstance(cause, ApplicationError) and cause.type == "UnknownRelease"
@@ -82,7 +60,7 @@ async def test_unknown_release_key_fails_at_once(ts_env: WorkflowEnvironment, rm
 
 
 async def test_missing_source_fails_without_retrying(ts_env: WorkflowEnvironment, rm: ReleaseManagement) -> None:
-    async with worker(ts_env, rm) as tq:
+    async with in_process_worker(ts_env, rm) as tq:
         handle = await start(ts_env, tq, ReleaseInfo(release_key="RELEASE-JAN-24-ALPHA-PROD"))
         cause = await failure_of(handle)
     assert isinstance(cause, ApplicationError) and cause.type == "MissingArtifact"
@@ -118,7 +96,7 @@ def unchecked_release(**deploy_fields: object) -> ReleaseInfo:
 async def test_invalid_deploys_fail_the_release_at_once(
     ts_env: WorkflowEnvironment, rm: ReleaseManagement, tmp_path: Path, fields: dict, message: str
 ) -> None:
-    async with worker(ts_env, rm) as tq:
+    async with in_process_worker(ts_env, rm) as tq:
         cause = await failure_of(await start(ts_env, tq, unchecked_release(**fields)))
     assert message in str(cause)
     assert [p.name for p in tmp_path.iterdir()] == []
@@ -130,7 +108,7 @@ async def test_unapproved_deploy_stops_the_release(ts_env: WorkflowEnvironment, 
     path = tmp_path / "catalog.json"
     path.write_text(json.dumps(catalog))
     rm = ReleaseManagement(tmp_path / "ws", path)
-    async with worker(ts_env, rm) as tq:
+    async with in_process_worker(ts_env, rm) as tq:
         cause = await failure_of(await start(ts_env, tq, ReleaseInfo(release_key="RELEASE-NOV-23-INITIAL")))
     assert isinstance(cause, ApplicationError) and cause.type == "NotApproved"
     assert "unapproved deploys: RELEASE-NOV-23-INITIAL:sbstore" in str(cause)
@@ -138,7 +116,7 @@ async def test_unapproved_deploy_stops_the_release(ts_env: WorkflowEnvironment, 
 
 
 async def test_release_survives_frequent_failures(ts_env: WorkflowEnvironment, rm: ReleaseManagement) -> None:
-    async with worker(ts_env, rm, FailureInjector("alot", seed=7)) as tq:
+    async with in_process_worker(ts_env, rm, FailureInjector("alot", seed=7)) as tq:
         handle = await start(ts_env, tq, ReleaseInfo(release_key="RELEASE-NOV-23-INITIAL"))
         result = await handle.result()
     assert result.status == "SUCCESS"

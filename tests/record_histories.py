@@ -1,0 +1,86 @@
+"""Record histories of real releases for the replay tests: `make histories`.
+
+Re-record only for a deliberate, versioned change to the workflows: the point of the
+recorded files is that a change which would break releases already running fails CI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+from temporalio.client import WorkflowFailureError
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from release_management import ReleaseManagement
+from shared import ReleaseInfo
+from tests.conftest import CATALOG, installed_binary
+from tests.support import in_process_worker
+from utils import FailureInjector
+from workflows import ReleaseWorkflow
+
+HISTORIES = Path(__file__).parent / "histories"
+
+# scenario: (release key, failure injector, whether the release succeeds)
+SCENARIOS = {
+    "success": ("RELEASE-NOV-23-INITIAL", FailureInjector("never"), True),
+    "retries": ("RELEASE-NOV-23-INITIAL", FailureInjector("alot", seed=7), True),
+    "missing-artifact": ("RELEASE-JAN-24-ALPHA-PROD", FailureInjector("never"), False),
+    "unknown-key": ("RELEASE-NEVER", FailureInjector("never"), False),
+}
+
+
+async def record(env: WorkflowEnvironment, scenario: str) -> list[Path]:
+    key, failures, succeeds = SCENARIOS[scenario]
+    with tempfile.TemporaryDirectory() as workspace:
+        rm = ReleaseManagement(Path(workspace), CATALOG)
+        async with in_process_worker(env, rm, failures) as task_queue:
+            handle = await env.client.start_workflow(
+                ReleaseWorkflow.run, ReleaseInfo(release_key=key), id=f"release-{key}-{scenario}", task_queue=task_queue
+            )
+            try:
+                await handle.result()
+                assert succeeds, f"{scenario} was expected to fail"
+            except WorkflowFailureError:
+                assert not succeeds, f"{scenario} was expected to succeed"
+    ids = [handle.id, *await child_ids(env, handle.id)]
+    written = []
+    for i, workflow_id in enumerate(ids):
+        history = await env.client.get_workflow_handle(workflow_id).fetch_history()
+        path = HISTORIES / f"{scenario}.{i}.json"
+        path.write_text(json.dumps({"workflow_id": workflow_id, "history": json.loads(history.to_json())}, indent=1))
+        written.append(path)
+    return written
+
+
+async def child_ids(env: WorkflowEnvironment, workflow_id: str) -> list[str]:
+    history = await env.client.get_workflow_handle(workflow_id).fetch_history()
+    return [
+        e.child_workflow_execution_started_event_attributes.workflow_execution.workflow_id
+        for e in history.events
+        if e.HasField("child_workflow_execution_started_event_attributes")
+    ]
+
+
+async def main() -> None:
+    logging.getLogger("temporalio.activity").setLevel(logging.ERROR)  # failures here are on purpose
+    HISTORIES.mkdir(exist_ok=True)
+    for old in HISTORIES.glob("*.json"):
+        old.unlink()
+    env = await WorkflowEnvironment.start_time_skipping(
+        data_converter=pydantic_data_converter, test_server_existing_path=installed_binary("temporal-test-server")
+    )
+    try:
+        for scenario in SCENARIOS:
+            for path in await record(env, scenario):
+                print(f"recorded {path.relative_to(HISTORIES.parent.parent)}")
+    finally:
+        await env.shutdown()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
