@@ -11,17 +11,21 @@ UI := http://localhost:$(UI_PORT)
 
 # Exit 0 when something accepts connections on localhost:$(1).
 listening = $(PY) -c 'import socket,sys; s=socket.socket(); s.settimeout(0.5); sys.exit(s.connect_ex(("127.0.0.1", $(1))) != 0)'
-# Exit 0 when the pid in file $(1) is a live process.
-alive = [ -f $(1) ] && kill -0 "$$(cat $(1))" 2>/dev/null
+# Exit 0 when the pid in file $(1) is a live process (a zombie, killed but not reaped, is not).
+alive = [ -f $(1) ] && ps -o stat= -p "$$(cat $(1))" 2>/dev/null | grep -qv '^Z'
+# Background processes get their own session where setsid exists (not on macOS),
+# so Ctrl+C in this terminal does not reach them.
+DETACH := $(shell command -v setsid 2>/dev/null) nohup
+WORKSPACE := $(or $(RELEASE_WORKSPACE),.)
 
-.PHONY: help install demo server worker release stop test chaos histories lint clean-workspace
+.PHONY: help install demo server worker release stop stop-worker kill-worker test chaos histories lint clean-workspace
 
 help:
 	@echo "make demo    install, start a dev server and a worker, run the INITIAL release"
 	@echo "make test    install and run the whole test suite"
 	@echo "make stop    stop the worker and dev server that make started"
 	@echo "make chaos   kill workers and restart the server during a release; print the figures"
-	@echo "make server | worker | release KEY=... | histories | lint | clean-workspace"
+	@echo "make server | worker | stop-worker | kill-worker | release KEY=... | histories | lint | clean-workspace"
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed: run make PYTHON=python3.11 ...")'
@@ -34,10 +38,12 @@ install: $(STAMP)
 # The dev server persists to $(STATE)/dev.db, so a restart loses no release.
 server: $(STAMP)
 	@mkdir -p $(STATE)
-	@if $(call listening,$(PORT)); then \
+	@if [ -n "$$TEMPORAL_ADDRESS" ] && [ "$$TEMPORAL_ADDRESS" != "localhost:$(PORT)" ]; then \
+	  echo "TEMPORAL_ADDRESS=$$TEMPORAL_ADDRESS: using that server, not starting a local one"; \
+	elif $(call listening,$(PORT)); then \
 	  echo "Temporal server already listening on localhost:$(PORT)"; \
 	else \
-	  setsid nohup $(TEMPORAL) server start-dev --ip 127.0.0.1 --port $(PORT) --ui-port $(UI_PORT) \
+	  $(DETACH) $(TEMPORAL) server start-dev --ip 127.0.0.1 --port $(PORT) --ui-port $(UI_PORT) \
 	    --db-filename $(STATE)/dev.db --log-level warn \
 	    --search-attribute ReleaseKey=Keyword --search-attribute ReleaseStatus=Keyword \
 	    > $(STATE)/server.log 2>&1 < /dev/null & echo $$! > $(STATE)/server.pid; \
@@ -55,7 +61,7 @@ worker: server
 	@if $(call alive,$(STATE)/worker.pid); then \
 	  echo "Worker already running (pid $$(cat $(STATE)/worker.pid), log: $(STATE)/worker.log)"; \
 	else \
-	  setsid nohup $(PY) run_worker.py > $(STATE)/worker.log 2>&1 < /dev/null & echo $$! > $(STATE)/worker.pid; \
+	  $(DETACH) $(PY) run_worker.py > $(STATE)/worker.log 2>&1 < /dev/null & echo $$! > $(STATE)/worker.pid; \
 	  for i in $$(seq 60); do \
 	    grep -q "Worker ready" $(STATE)/worker.log && break; \
 	    $(call alive,$(STATE)/worker.pid) || { cat $(STATE)/worker.log; echo "Worker failed to start"; exit 1; }; \
@@ -70,19 +76,27 @@ release: worker
 	@$(PY) run_workflow.py --release-key $(KEY)
 
 demo: release
-	@for env in DEV TEST QC PROD; do printf '  %-5s %s\n' $$env "$$(ls environments/$$env | tr '\n' ' ')"; done
+	@for env in DEV TEST QC PROD; do printf '  %-5s %s\n' $$env "$$(ls $(WORKSPACE)/environments/$$env | tr '\n' ' ')"; done
 	@echo "Web UI: $(UI)/namespaces/default/workflows   (make stop ends the worker and server)"
 
-stop:
-	@for p in worker server; do \
-	  if $(call alive,$(STATE)/$$p.pid); then \
-	    pid=$$(cat $(STATE)/$$p.pid); kill $$pid; \
-	    for i in $$(seq 40); do kill -0 $$pid 2>/dev/null || break; sleep 0.25; done; \
-	    kill -0 $$pid 2>/dev/null && kill -9 $$pid; \
-	    echo "Stopped $$p (pid $$pid)"; \
-	  fi; \
-	  rm -f $(STATE)/$$p.pid; \
-	done
+# Stop what make started: SIGTERM, then SIGKILL if it is still there after 10 s.
+stop_pid = if $(call alive,$(STATE)/$(1).pid); then \
+	  pid=$$(cat $(STATE)/$(1).pid); kill $(2) $$pid; \
+	  for i in $$(seq 40); do $(call alive,$(STATE)/$(1).pid) || break; sleep 0.25; done; \
+	  $(call alive,$(STATE)/$(1).pid) && kill -9 $$pid; \
+	  echo "Stopped $(1) (pid $$pid)"; \
+	fi; rm -f $(STATE)/$(1).pid
+
+stop: stop-worker
+	@$(call stop_pid,server)
+
+# Ctrl+C for the background worker: steps in flight get 5 s to finish.
+stop-worker:
+	@$(call stop_pid,worker)
+
+# A crash: the worker gets no chance to clean up (demos.md, demo 2).
+kill-worker:
+	@$(call stop_pid,worker,-9)
 
 test: $(STAMP)
 	$(PY) -m pytest
@@ -101,5 +115,5 @@ lint: $(STAMP)
 
 # Empty the workspace folders (artifacts, deployed files, ledger); the folders stay.
 clean-workspace:
-	find artifactory environments -type f ! -name .gitkeep -delete
-	rm -f ledger.jsonl
+	find $(WORKSPACE)/artifactory $(WORKSPACE)/environments -type f ! -name .gitkeep -delete
+	rm -f $(WORKSPACE)/ledger.jsonl

@@ -40,6 +40,7 @@ async def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("temporalio.activity").addFilter(OneLineExpectedFailures())
     try:
+        load_env_file()
         settings = Settings.from_env()
         target = connect_config()
     except ValueError as e:
@@ -87,5 +88,4 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
-    load_env_file()
     exit_now(asyncio.run(main()))

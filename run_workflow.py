@@ -37,10 +37,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def ui_link(target: dict, workflow_id: str, run_id: str | None = None) -> str | None:
-    host = target["target_host"].rsplit(":", 1)[0]
-    if host in ("localhost", "127.0.0.1") and target["target_host"].endswith(":7233"):
-        base = "http://localhost:8233"
-    elif host.endswith(".tmprl.cloud"):
+    """Where the Web UI shows this release: the local dev server's UI or Temporal Cloud's."""
+    host, _, port = target["target_host"].rpartition(":")
+    if host in ("localhost", "127.0.0.1") and port.isdigit():
+        base = f"http://localhost:{int(port) + 1000}"  # the dev server's default UI port
+    elif host.endswith((".tmprl.cloud", ".api.temporal.io")):
         base = "https://cloud.temporal.io"
     else:
         return None
@@ -106,6 +107,7 @@ async def wait_through_outages(handle: WorkflowHandle, target: dict, key: str) -
 async def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        load_env_file()
         settings = Settings.from_env()
         key = check_release_key(args.release_key)
         target = connect_config()
@@ -145,7 +147,6 @@ async def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    load_env_file()
     try:
         code = asyncio.run(main())
     except KeyboardInterrupt:

@@ -46,7 +46,10 @@ class FailureInjector:
 
 def load_env_file() -> None:
     """Load .env from the repo root, or the file RELEASE_ENV_FILE names ("" for none); set variables win."""
-    path = os.environ.get("RELEASE_ENV_FILE", str(REPO_ROOT / ".env"))
+    named = os.environ.get("RELEASE_ENV_FILE")
+    if named and not os.path.isfile(named):
+        raise ValueError(f"RELEASE_ENV_FILE={named!r}: no such file")
+    path = REPO_ROOT / ".env" if named is None else named
     if path:
         load_dotenv(path)
 
