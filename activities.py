@@ -12,7 +12,7 @@ from typing import Any
 from temporalio import activity
 
 from release_management import ReleaseManagement
-from shared import ApprovalReport, ReleaseInfo, StepInput
+from shared import ApprovalRecord, ApprovalReport, ReleaseInfo, StepInput, StepResult
 from utils import FailureInjector
 
 
@@ -29,7 +29,14 @@ class ReleaseActivities:
 
     def all(self) -> list[Callable[..., Any]]:
         """Every activity, for registering on a worker."""
-        return [self.gather_deployments, self.gather_release_approval, self.build, self.deploy, self.test]
+        return [
+            self.gather_deployments,
+            self.gather_release_approval,
+            self.record_approval,
+            self.build,
+            self.deploy,
+            self.test,
+        ]
 
     @activity.defn
     def gather_deployments(self, release_key: str) -> ReleaseInfo:
@@ -42,19 +49,24 @@ class ReleaseActivities:
         return self.rm.gather_release_approval(release)
 
     @activity.defn
-    def build(self, step: StepInput) -> str:
+    def record_approval(self, record: ApprovalRecord) -> None:
+        self.rm.record_approval(record, attempt=activity.info().attempt)
+
+    @activity.defn
+    def build(self, step: StepInput) -> StepResult:
         return self._step("build", step)
 
     @activity.defn
-    def deploy(self, step: StepInput) -> str:
+    def deploy(self, step: StepInput) -> StepResult:
         return self._step("deploy", step)
 
     @activity.defn
-    def test(self, step: StepInput) -> str:
+    def test(self, step: StepInput) -> StepResult:
         return self._step("test", step)
 
-    def _step(self, verb: str, step: StepInput) -> str:
+    def _step(self, verb: str, step: StepInput) -> StepResult:
         attempt = activity.info().attempt
         self.failures.maybe_fail(step_summary(verb, step), attempt, key=step.release_key)
         run = getattr(self.rm, verb)
-        return run(step, attempt=attempt, progress=activity.heartbeat)
+        artifact = run(step, attempt=attempt, progress=activity.heartbeat)
+        return StepResult(artifact=artifact, attempt=attempt)

@@ -19,6 +19,8 @@ from pydantic import BaseModel, Field, ValidationError
 
 from shared import (
     ENVIRONMENTS,
+    ApprovalPolicy,
+    ApprovalRecord,
     ApprovalReport,
     DeployInfo,
     ReleaseInfo,
@@ -73,6 +75,7 @@ class Ledger:
         line = (json.dumps(entry, sort_keys=True) + "\n").encode()
         # The lock makes check-then-append atomic across workers sharing the workspace;
         # one write() of a whole line in append mode never leaves half a line behind.
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -119,10 +122,12 @@ class CatalogRelease(BaseModel):
     environments: list[str] = Field(min_length=1)
     versions: dict[str, str] = Field(min_length=1)
     unapproved: list[str] = Field(default_factory=list)
+    approval_policy: ApprovalPolicy | None = None
 
 
 class Catalog(BaseModel):
     containers: dict[str, str]
+    default_approval_policy: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
     releases: list[CatalogRelease]
 
 
@@ -181,6 +186,7 @@ class ReleaseManagement:
                 release_key=release_key,
                 release_date=entry.release_date,  # type: ignore[arg-type]
                 approved=entry.approved,
+                approval_policy=entry.approval_policy or catalog.default_approval_policy,
                 deploys=deploys,
             )
         except ValidationError as e:
@@ -191,6 +197,22 @@ class ReleaseManagement:
             release_approved=release.approved,
             unapproved_deploys=[d.deploy_key for d in release.deploys if not d.approved],
         )
+
+    def record_approval(self, record: ApprovalRecord, attempt: int = 1) -> None:
+        """One ledger line per approved deploy (deploy_key is the release key for the release itself)."""
+        for deploy_key in record.deploy_keys:
+            self.ledger.record(
+                {
+                    "release_key": record.release_key,
+                    "run_id": record.run_id,
+                    "deploy_key": deploy_key,
+                    "step": "approve",
+                    "env": None,
+                    "approver": record.approver,
+                    "attempt": attempt,
+                    "at": record.approved_at.isoformat(timespec="milliseconds"),
+                }
+            )
 
     # --- steps ---------------------------------------------------------------
 

@@ -1,10 +1,13 @@
-"""Starts a release and waits for its result.
+"""Start, follow, approve and cancel releases.
 
-    python run_workflow.py                           # releases RELEASE-NOV-23-INITIAL
-    python run_workflow.py --release-key KEY         # another release from the catalog
-    python run_workflow.py --list                    # the release keys in the catalog
+    python run_workflow.py [--release-key KEY] [--now]    # start a release and follow it to its result
+    python run_workflow.py status KEY                      # its progress: deploys x environments
+    python run_workflow.py approve KEY --by NAME [--deploy CONTAINER]
+    python run_workflow.py cancel KEY                      # stop between steps; says what was deployed
+    python run_workflow.py list                            # the catalog's releases and their latest runs
 
-Starting a release that is already running attaches to it and waits.
+Starting a release that is already running attaches to it and follows it.
+KEY defaults to RELEASE-NOV-23-INITIAL; `--list` is an alias of `list`.
 """
 
 from __future__ import annotations
@@ -13,26 +16,67 @@ import argparse
 import asyncio
 import sys
 import time
+from datetime import timedelta
 
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
-from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
+from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
+from temporalio.exceptions import CancelledError
 from temporalio.service import RPCError, RPCStatusCode
 
 from release_management import CatalogError, ReleaseManagement
-from shared import DEFAULT_RELEASE_KEY, ReleaseInfo, ReleaseResult, Settings, check_release_key, release_workflow_id
-from utils import connect, connect_config, exit_now, load_env_file, root_cause
-from workflows import ReleaseWorkflow
+from shared import (
+    AWAITING_APPROVAL,
+    DEFAULT_RELEASE_KEY,
+    RUNNING,
+    Approval,
+    ReleaseInfo,
+    ReleaseResult,
+    ReleaseState,
+    Settings,
+    check_release_key,
+    release_workflow_id,
+    render_progress,
+    root_cause,
+)
+from utils import connect, connect_config, exit_now, load_env_file
+from workflows import RELEASE_KEY, RELEASE_STATUS, ReleaseWorkflow
 
 # How long to wait for a server that went away (a restart, a network blip) before
 # suggesting a re-attach; the release itself never depends on this process.
 RIDE_THROUGH_SECONDS = 300
 TRANSIENT = (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.UNKNOWN)
+# Queries and updates need a worker to answer; without one they would wait forever.
+WORKER_ANSWER = timedelta(seconds=10)
+COMMANDS = ("start", "status", "approve", "cancel", "list")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Start a release and wait for its result.")
-    parser.add_argument("--release-key", default=DEFAULT_RELEASE_KEY, help=f"default {DEFAULT_RELEASE_KEY}")
-    parser.add_argument("--list", action="store_true", help="list the release keys in the catalog")
+class UserError(Exception):
+    """Bad input: one line to the user, exit code 2, nothing changed."""
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    if argv[:1] == ["--list"]:
+        argv = ["list", *argv[1:]]
+    elif not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
+        argv = ["start", *argv]
+    parser = argparse.ArgumentParser(prog="run_workflow.py", description="Start, follow, approve and cancel releases.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    start = commands.add_parser("start", help="start a release and follow it (the default command)")
+    start.add_argument("--release-key", default=DEFAULT_RELEASE_KEY, help=f"default {DEFAULT_RELEASE_KEY}")
+    start.add_argument("--now", action="store_true", help="do not wait for the release date")
+    commands.add_parser("status", help="a release's progress").add_argument("release_key")
+    approve = commands.add_parser("approve", help="approve a release waiting for approval")
+    approve.add_argument("release_key")
+    approve.add_argument("--by", required=True, dest="approver", help="who approves")
+    approve.add_argument("--deploy", help="approve only this container's deploy")
+    commands.add_parser("cancel", help="cancel a running release").add_argument("release_key")
+    commands.add_parser("list", help="the catalog's releases with the status of their latest runs")
     return parser.parse_args(argv)
 
 
@@ -49,34 +93,71 @@ def ui_link(target: dict, workflow_id: str, run_id: str | None = None) -> str | 
     return f"{base}/namespaces/{target['namespace']}/workflows/{workflow_id}{tail}"
 
 
-async def release(client: Client, settings: Settings, target: dict, key: str) -> int:
+async def start(client: Client, settings: Settings, target: dict, key: str, now: bool) -> int:
     workflow_id = release_workflow_id(key)
-    try:
-        running = (await client.get_workflow_handle(workflow_id).describe()).status
-    except RPCError:
-        running = None  # never started: nothing to attach to
-    handle = await client.start_workflow(
-        ReleaseWorkflow.run,
-        ReleaseInfo(release_key=key),
-        id=workflow_id,
-        task_queue=settings.task_queue,
-        # A second start of a running release waits on it rather than failing.
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+    running = await run_status(client, key) == WorkflowExecutionStatus.RUNNING
+    attributes = TypedSearchAttributes(
+        [SearchAttributePair(RELEASE_KEY, key), SearchAttributePair(RELEASE_STATUS, RUNNING)]
     )
-    verb = "is already running; waiting for it" if running == WorkflowExecutionStatus.RUNNING else "started"
+    for search_attributes in (attributes, None):
+        try:
+            handle = await client.start_workflow(
+                ReleaseWorkflow.run,
+                ReleaseInfo(release_key=key, now=now),
+                id=workflow_id,
+                task_queue=settings.task_queue,
+                # A second start of a running release follows it rather than failing.
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                search_attributes=search_attributes,
+            )
+            break
+        except RPCError as e:
+            if search_attributes is None or "search attribute" not in e.message.lower():
+                raise
+            print(
+                f"note: namespace {target['namespace']} has no ReleaseKey/ReleaseStatus search attributes, "
+                "so the Web UI cannot filter releases by them (setup.md says how to add them)",
+                flush=True,
+            )
+    verb = "is already running; following it" if running else "started"
     print(f"Release {key} {verb} (workflow {workflow_id}).", flush=True)
-    link = ui_link(target, workflow_id, handle.result_run_id)
-    if link:
+    if link := ui_link(target, workflow_id, handle.result_run_id):
         print(f"Web UI: {link}", flush=True)
     try:
-        result = await wait_through_outages(handle, target, key)
+        result = await follow(handle, target, key)
     except WorkflowFailureError as e:
-        print(f"Result: Release {key}: FAILED: {root_cause(e)}", flush=True)
+        if isinstance(e.cause, CancelledError):
+            state = await progress(handle)
+            print(f"Result: Release {key}: CANCELLED ({state.error if state else 'see status'})", flush=True)
+        else:
+            print(f"Result: Release {key}: FAILED: {root_cause(e)}", flush=True)
         return 1
     if result is None:
         return 3
-    print(f"Result: Release {key}: {result.status}", flush=True)
+    skipped = f" (skipped, not approved: {', '.join(result.skipped)})" if result.skipped else ""
+    print(f"Result: Release {key}: {result.status}{skipped}", flush=True)
     return 0
+
+
+async def follow(handle: WorkflowHandle, target: dict, key: str) -> ReleaseResult | None:
+    """Print the release's steps as they happen, then return its result."""
+    result = asyncio.create_task(wait_through_outages(handle, target, key))
+    seen, hinted = 0, False
+    while True:
+        done = result.done()
+        state = await progress(handle)
+        if state is not None:
+            for event in state.events[seen:]:
+                print(f"  {event}", flush=True)
+            seen = len(state.events)
+            if state.status == AWAITING_APPROVAL and not hinted:
+                hinted = True
+                print(
+                    f"  approve with: python run_workflow.py approve {key} --by NAME [--deploy CONTAINER]", flush=True
+                )
+        if done:
+            return result.result()
+        await asyncio.wait([result], timeout=1)
 
 
 async def wait_through_outages(handle: WorkflowHandle, target: dict, key: str) -> ReleaseResult | None:
@@ -91,9 +172,8 @@ async def wait_through_outages(handle: WorkflowHandle, target: dict, key: str) -
             now = time.monotonic()
             if lost_since is None:
                 lost_since = now
-                print(
-                    f"Lost contact with Temporal at {target['target_host']}; waiting for it to come back.", flush=True
-                )
+                host = target["target_host"]
+                print(f"Lost contact with Temporal at {host}; waiting for it to come back.", flush=True)
             elif now - lost_since > RIDE_THROUGH_SECONDS:
                 print(
                     f"Temporal at {target['target_host']} is still unreachable. The release is safe in it: "
@@ -104,29 +184,111 @@ async def wait_through_outages(handle: WorkflowHandle, target: dict, key: str) -
             await asyncio.sleep(1)
 
 
-async def main(argv: list[str] | None = None) -> int:
+async def progress(handle: WorkflowHandle) -> ReleaseState | None:
+    """The release's state, or None when no worker answers (or the server is away)."""
+    try:
+        return await handle.query(ReleaseWorkflow.progress, rpc_timeout=WORKER_ANSWER)
+    except (TimeoutError, RPCError):
+        return None
+
+
+async def run_status(client: Client, key: str) -> WorkflowExecutionStatus | None:
+    """The status of the release's latest run; None if it was never started."""
+    try:
+        return (await client.get_workflow_handle(release_workflow_id(key)).describe()).status
+    except RPCError as e:
+        if e.status == RPCStatusCode.NOT_FOUND:
+            return None
+        raise
+
+
+async def running_release(client: Client, key: str, doing: str) -> WorkflowHandle:
+    status = await run_status(client, key)
+    if status is None:
+        raise UserError(f"release {key} was never started: nothing to {doing}")
+    if status != WorkflowExecutionStatus.RUNNING:
+        raise UserError(f"release {key} is not running (its latest run is {status.name}): nothing to {doing}")
+    return client.get_workflow_handle(release_workflow_id(key))
+
+
+async def status(client: Client, target: dict, key: str) -> int:
+    run = await run_status(client, key)
+    if run is None:
+        raise UserError(f"release {key} was never started")
+    handle = client.get_workflow_handle(release_workflow_id(key))
+    state = await progress(handle)
+    if state is None:
+        print(f"Release {key}: {run.name} (no worker answered the progress query; `make worker` starts one)")
+    else:
+        print(render_progress(state))
+        for event in state.events[-5:]:
+            print(f"  {event}")
+    if link := ui_link(target, release_workflow_id(key)):
+        print(f"Web UI: {link}")
+    return 0
+
+
+async def approve(client: Client, key: str, approver: str, deploy: str | None) -> int:
+    handle = await running_release(client, key, "approve")
+    try:
+        state = await asyncio.wait_for(
+            handle.execute_update(ReleaseWorkflow.approve, Approval(approver=approver, deploy=deploy)),
+            WORKER_ANSWER.total_seconds(),
+        )
+    except WorkflowUpdateFailedError as e:
+        cause = root_cause(e)
+        raise UserError(getattr(cause, "message", str(cause))) from None
+    except TimeoutError:
+        raise UserError(f"no worker answered within {WORKER_ANSWER.seconds} s: start one (`make worker`)") from None
+    print(f"Approved by {approver}.")
+    print(render_progress(state))
+    return 0
+
+
+async def cancel(client: Client, key: str) -> int:
+    handle = await running_release(client, key, "cancel")
+    await handle.cancel()
+    print(f"Cancel requested: release {key} stops once the steps in flight finish.", flush=True)
+    try:
+        await handle.result()
+    except WorkflowFailureError as e:
+        if isinstance(e.cause, CancelledError):
+            state = await progress(handle)
+            print(f"Release {key}: CANCELLED ({state.error if state else 'see status'})")
+            return 0
+        print(f"Release {key} failed before the cancel took effect: {root_cause(e)}")
+        return 1
+    print(f"Release {key} finished before the cancel took effect: SUCCESS")
+    return 1
+
+
+async def list_releases(client: Client, keys: list[str]) -> int:
+    statuses = await asyncio.gather(*(run_status(client, key) for key in keys))
+    for key, run in zip(keys, statuses, strict=True):
+        print(f"{key:<34} {run.name if run else 'never run'}")
+    return 0
+
+
+async def main(argv: list[str]) -> int:
     args = parse_args(argv)
     try:
         load_env_file()
         settings = Settings.from_env()
-        key = check_release_key(args.release_key)
         target = connect_config()
-    except ValueError as e:
+        key = check_release_key(getattr(args, "release_key", DEFAULT_RELEASE_KEY))
+        if args.command == "approve" and not args.approver.strip():
+            raise ValueError("--by is empty: say who approves")
+        rm = ReleaseManagement(settings.workspace, settings.catalog)
+        try:
+            known: list[str] | None = rm.release_keys()
+        except CatalogError:
+            if args.command == "list":
+                raise
+            known = None  # the worker's catalog decides
+        if args.command == "start" and known is not None and key not in known:
+            raise ValueError(f"unknown release key {key!r}; known keys: {', '.join(known)}")
+    except (ValueError, CatalogError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    rm = ReleaseManagement(settings.workspace, settings.catalog)
-    try:
-        known = rm.release_keys()
-    except CatalogError as e:
-        if args.list:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        known = None  # the worker's catalog decides
-    if args.list:
-        print("\n".join(known or []))
-        return 0
-    if known is not None and key not in known:
-        print(f"error: unknown release key {key!r}; known keys: {', '.join(known)}", file=sys.stderr)
         return 2
 
     try:
@@ -140,7 +302,18 @@ async def main(argv: list[str] | None = None) -> int:
         )
         return 3
     try:
-        return await release(client, settings, target, key)
+        if args.command == "start":
+            return await start(client, settings, target, key, args.now)
+        if args.command == "status":
+            return await status(client, target, key)
+        if args.command == "approve":
+            return await approve(client, key, args.approver.strip(), args.deploy)
+        if args.command == "cancel":
+            return await cancel(client, key)
+        return await list_releases(client, known or [])
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except RPCError as e:
         print(f"error: Temporal at {target['target_host']} refused the request: {e.message}", file=sys.stderr)
         return 3
@@ -148,8 +321,8 @@ async def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     try:
-        code = asyncio.run(main())
+        code = asyncio.run(main(sys.argv[1:]))
     except KeyboardInterrupt:
-        print("\nStopped waiting; the release goes on. Run the same command again to attach to it.")
+        print("\nStopped following; the release goes on. Run the same command again to attach to it.")
         code = 130
     exit_now(code)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -77,12 +77,28 @@ class DeployInfo(BaseModel):
         return self
 
 
+class ApprovalPolicy(BaseModel):
+    """What a release does with deploys nobody has approved yet.
+
+    skip: release what is approved, report the rest as skipped; stop: fail at once;
+    hold: wait for approval up to hold_hours, then skip or stop as after_hold says.
+    A release that is itself unapproved is never skipped: it waits (hold) or fails.
+    """
+
+    unapproved: Literal["skip", "stop", "hold"] = "hold"
+    hold_hours: float = Field(default=24, gt=0)
+    after_hold: Literal["skip", "stop"] = "stop"
+
+
 class ReleaseInfo(BaseModel):
     """A release: its key and, once gathered, its deploys."""
 
     release_key: str
+    # Do not release before this day (00:00 UTC); `now` ships at once anyway.
     release_date: date | None = None
+    now: bool = False
     approved: bool = True
+    approval_policy: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
     deploys: list[DeployInfo] = Field(default_factory=list)
 
     @field_validator("release_key")
@@ -104,6 +120,23 @@ class ApprovalReport(BaseModel):
     unapproved_deploys: list[str] = Field(default_factory=list)
 
 
+class Approval(BaseModel):
+    """An approval, sent by Update or Signal: deploy is a container id; none approves all that waits."""
+
+    approver: str = ""
+    deploy: str | None = None
+
+
+class ApprovalRecord(BaseModel):
+    """Approvals the ledger records: who approved which deploys (or the release) and when."""
+
+    release_key: str
+    run_id: str
+    approver: str
+    approved_at: datetime
+    deploy_keys: list[str]
+
+
 class StepInput(BaseModel):
     """What one build, deploy or test step needs; run_id ties the step to one release run."""
 
@@ -119,6 +152,11 @@ class DeployRequest(BaseModel):
     deploy: DeployInfo
 
 
+class StepResult(BaseModel):
+    artifact: str
+    attempt: int
+
+
 class DeployResult(BaseModel):
     deploy_key: str
     artifact: str
@@ -129,6 +167,81 @@ class ReleaseResult(BaseModel):
     release_key: str
     status: Literal["SUCCESS"]
     deploys: list[DeployResult]
+    skipped: list[str] = Field(default_factory=list)
+
+
+# Values of the ReleaseStatus search attribute and of ReleaseState.status.
+SCHEDULED, AWAITING_APPROVAL, RUNNING = "SCHEDULED", "AWAITING_APPROVAL", "RUNNING"
+SUCCESS, FAILED, CANCELLED = "SUCCESS", "FAILED", "CANCELLED"
+
+CellStatus = Literal["pending", "running", "done", "failed", "skipped"]
+
+
+class Cell(BaseModel):
+    """One deploy in one environment."""
+
+    status: CellStatus = "pending"
+    step: str = ""
+    steps_done: int = 0
+    attempts: int = 0
+    deployed: bool = False
+
+
+class StepProgress(BaseModel):
+    """What a DeployWorkflow tells its release after each step."""
+
+    deploy_key: str
+    env: Environment
+    status: CellStatus
+    step: str
+    attempts: int = 0
+    error: str | None = None
+
+
+class DeployState(BaseModel):
+    deploy_key: str
+    container_id: str
+    artifact: str
+    approved: bool
+    approved_by: str | None = None
+    approved_at: datetime | None = None
+    cells: dict[str, Cell]
+
+
+class ReleaseState(BaseModel):
+    """A release's progress, as the status query returns it."""
+
+    release_key: str
+    status: str = RUNNING
+    release_date: date | None = None
+    approved: bool = True
+    approved_by: str | None = None
+    deploys: list[DeployState] = Field(default_factory=list)
+    events: list[str] = Field(default_factory=list)
+    error: str | None = None
+
+
+def render_progress(state: ReleaseState) -> str:
+    """A table of deploys × environments; deterministic, so workflows use it too."""
+    lines = [f"Release {state.release_key}: {state.status}" + (f" ({state.error})" if state.error else "")]
+    if not state.approved:
+        lines.append("  the release itself waits for approval")
+    width = max([len(d.artifact) for d in state.deploys] + [6]) + 2
+    lines.append(("  " + "deploy".ljust(width) + "".join(e.ljust(16) for e in ENVIRONMENTS)).rstrip())
+    for d in state.deploys:
+        cells = []
+        for env in ENVIRONMENTS:
+            c = d.cells.get(env)
+            text = "" if c is None else c.status
+            if c is not None and c.attempts > c.steps_done:
+                retries = c.attempts - c.steps_done
+                text += f" +{retries} retr{'y' if retries == 1 else 'ies'}"
+            cells.append(text.ljust(16))
+        note = "" if d.approved else "  (not approved)"
+        if d.approved_by:
+            note = f"  (approved by {d.approved_by})"
+        lines.append("  " + d.artifact.ljust(width) + "".join(cells).rstrip() + note)
+    return "\n".join(lines)
 
 
 FAILURE_RATES: dict[str, float] = {"never": 0.0, "rarely": 0.1, "sometimes": 0.3, "alot": 0.6}
@@ -183,3 +296,10 @@ def describe_validation_error(err: ValueError) -> str:
         msg = str(e.get("msg", "")).removeprefix("Value error, ")
         parts.append(f"{where}: {msg}" if where else msg)
     return "; ".join(parts)
+
+
+def root_cause(err: BaseException) -> BaseException:
+    """The innermost cause: a failed release arrives wrapped in workflow, child and activity errors."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return err

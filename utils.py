@@ -74,13 +74,6 @@ async def connect(config: dict | None = None, quiet: bool = False) -> Client:
     return await Client.connect(**(config or connect_config()), data_converter=pydantic_data_converter, runtime=runtime)
 
 
-def root_cause(err: BaseException) -> BaseException:
-    """The innermost cause: a failed release arrives wrapped in workflow, child and activity errors."""
-    while err.__cause__ is not None:
-        err = err.__cause__
-    return err
-
-
 def exit_now(code: int) -> NoReturn:
     """Exit without interpreter teardown.
 

@@ -13,6 +13,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from release_management import ReleaseManagement
+from workflows import RELEASE_KEY, RELEASE_STATUS
 
 REPO = Path(__file__).resolve().parents[1]
 CATALOG = REPO / "releases.json"
@@ -46,7 +47,9 @@ async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
 async def dev_server() -> AsyncIterator[WorkflowEnvironment]:
     """A real Temporal dev server (the temporal CLI) on a free port, shared by the end-to-end tests."""
     env = await WorkflowEnvironment.start_local(
-        data_converter=pydantic_data_converter, dev_server_existing_path=installed_binary("temporal")
+        data_converter=pydantic_data_converter,
+        dev_server_existing_path=installed_binary("temporal"),
+        search_attributes=[RELEASE_KEY, RELEASE_STATUS],
     )
     yield env
     await env.shutdown()

@@ -12,12 +12,12 @@ import logging
 import tempfile
 from pathlib import Path
 
-from temporalio.client import WorkflowFailureError
+from temporalio.client import WorkflowFailureError, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from release_management import ReleaseManagement
-from shared import ReleaseInfo
+from shared import AWAITING_APPROVAL, Approval, ReleaseInfo
 from tests.conftest import CATALOG, installed_binary
 from tests.support import in_process_worker
 from utils import FailureInjector
@@ -31,7 +31,16 @@ SCENARIOS = {
     "retries": ("RELEASE-NOV-23-INITIAL", FailureInjector("alot", seed=7), True),
     "missing-artifact": ("RELEASE-JAN-24-ALPHA-PROD", FailureInjector("never"), False),
     "unknown-key": ("RELEASE-NEVER", FailureInjector("never"), False),
+    # Held for approval of sbstore, then approved by an Update and the rest by a Signal.
+    "approvals": ("RELEASE-FEB-24-BETA-HOLD", FailureInjector("never"), True),
 }
+
+
+async def approve_when_held(handle: WorkflowHandle) -> None:
+    while (await handle.query(ReleaseWorkflow.progress)).status != AWAITING_APPROVAL:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+    await handle.execute_update(ReleaseWorkflow.approve, Approval(approver="recorder", deploy="sbstore"))
+    await handle.signal("approve", Approval(approver="recorder"))  # nothing left: ignored, but in history
 
 
 async def record(env: WorkflowEnvironment, scenario: str) -> list[Path]:
@@ -42,6 +51,8 @@ async def record(env: WorkflowEnvironment, scenario: str) -> list[Path]:
             handle = await env.client.start_workflow(
                 ReleaseWorkflow.run, ReleaseInfo(release_key=key), id=f"release-{key}-{scenario}", task_queue=task_queue
             )
+            if scenario == "approvals":
+                await approve_when_held(handle)
             try:
                 await handle.result()
                 assert succeeds, f"{scenario} was expected to fail"

@@ -121,17 +121,25 @@ async def until(condition: Callable[[], bool], limit: float = 60) -> None:
 
 @asynccontextmanager
 async def in_process_worker(
-    env: WorkflowEnvironment, rm: ReleaseManagement, failures: FailureInjector | None = None
+    env: WorkflowEnvironment,
+    rm: ReleaseManagement,
+    failures: FailureInjector | None = None,
+    replace: Callable[..., object] | None = None,
 ) -> AsyncIterator[str]:
-    """A worker in this process with the real activities; yields its task queue."""
-    acts = ReleaseActivities(rm, failures)
+    """A worker in this process with the real activities; yields its task queue.
+
+    `replace` is an activity function named like the one it stands in for (say `deploy`).
+    """
+    activities = ReleaseActivities(rm, failures).all()
+    if replace is not None:
+        activities = [a for a in activities if a.__name__ != replace.__name__] + [replace]
     task_queue = f"tq-{uuid.uuid4()}"
     with ThreadPoolExecutor(max_workers=8) as executor:
         async with Worker(
             env.client,
             task_queue=task_queue,
             workflows=[ReleaseWorkflow, DeployWorkflow],
-            activities=acts.all(),
+            activities=activities,
             activity_executor=executor,
         ):
             yield task_queue

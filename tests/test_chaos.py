@@ -23,6 +23,7 @@ from release_management import Ledger, build_content
 from shared import ENVIRONMENTS
 from tests.conftest import installed_binary
 from tests.support import WorkerProcess, activity_starts, run_script, script_env, task_queue
+from workflows import RELEASE_KEY, RELEASE_STATUS
 
 KEY = "RELEASE-NOV-23-INITIAL"
 ARTIFACTS = ["backendforfrontend-1.0", "frontend-1.0", "sbstore-1.0"]
@@ -46,6 +47,7 @@ class RestartableServer:
             data_converter=pydantic_data_converter,
             dev_server_existing_path=installed_binary("temporal"),
             dev_server_database_filename=str(self.db),
+            search_attributes=[RELEASE_KEY, RELEASE_STATUS],
         )
 
     async def stop(self) -> None:

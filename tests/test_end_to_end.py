@@ -104,7 +104,7 @@ async def test_unknown_key_fails_in_seconds_and_changes_nothing(server: str, tmp
     assert out.strip().splitlines() == [
         "error: unknown release key 'RELEASE-NOPE'; known keys: RELEASE-NOV-23-INITIAL, "
         "RELEASE-NOV-23-HOTFIX-STAGE, RELEASE-DEC-2023-BUGFIXES-PROD, RELEASE-JAN-24-ALPHA-DEV, "
-        "RELEASE-JAN-24-ALPHA-QC, RELEASE-JAN-24-ALPHA-PROD"
+        "RELEASE-JAN-24-ALPHA-QC, RELEASE-JAN-24-ALPHA-PROD, RELEASE-FEB-24-BETA-HOLD"
     ]
     assert list(tmp_path.iterdir()) == []
 

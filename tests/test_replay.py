@@ -26,7 +26,7 @@ def load(path: Path) -> WorkflowHistory:
 
 def test_the_recorded_scenarios_are_all_there() -> None:
     scenarios = {p.name.split(".")[0] for p in HISTORIES}
-    assert scenarios == {"success", "retries", "missing-artifact", "unknown-key"}
+    assert scenarios == {"success", "retries", "missing-artifact", "unknown-key", "approvals"}
     types = {
         json.loads(p.read_text())["history"]["events"][0]["workflowExecutionStartedEventAttributes"]["workflowType"][
             "name"

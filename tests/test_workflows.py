@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from pathlib import Path
 
@@ -13,10 +12,9 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
 from release_management import ReleaseManagement
-from shared import DeployInfo, ReleaseInfo, ReleaseResult
-from tests.conftest import CATALOG
+from shared import DeployInfo, ReleaseInfo, ReleaseResult, root_cause
 from tests.support import activity_starts, in_process_worker
-from utils import FailureInjector, root_cause
+from utils import FailureInjector
 from workflows import ReleaseWorkflow
 
 ALL = ["backendforfrontend-1.0", "frontend-1.0", "sbstore-1.0"]
@@ -100,19 +98,6 @@ async def test_invalid_deploys_fail_the_release_at_once(
         cause = await failure_of(await start(ts_env, tq, unchecked_release(**fields)))
     assert message in str(cause)
     assert [p.name for p in tmp_path.iterdir()] == []
-
-
-async def test_unapproved_deploy_stops_the_release(ts_env: WorkflowEnvironment, tmp_path: Path) -> None:
-    catalog = json.loads(CATALOG.read_text())
-    catalog["releases"][0]["unapproved"] = ["sbstore"]
-    path = tmp_path / "catalog.json"
-    path.write_text(json.dumps(catalog))
-    rm = ReleaseManagement(tmp_path / "ws", path)
-    async with in_process_worker(ts_env, rm) as tq:
-        cause = await failure_of(await start(ts_env, tq, ReleaseInfo(release_key="RELEASE-NOV-23-INITIAL")))
-    assert isinstance(cause, ApplicationError) and cause.type == "NotApproved"
-    assert "unapproved deploys: RELEASE-NOV-23-INITIAL:sbstore" in str(cause)
-    assert rm.contents("DEV") == []
 
 
 async def test_release_survives_frequent_failures(ts_env: WorkflowEnvironment, rm: ReleaseManagement) -> None:

@@ -1,0 +1,121 @@
+"""End to end on a real dev server: approve, cancel, status and list from the command line."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+from temporalio.client import Client
+from temporalio.service import RPCError
+from temporalio.testing import WorkflowEnvironment
+
+from release_management import Ledger
+from shared import AWAITING_APPROVAL, RUNNING, ReleaseState
+from tests.conftest import target_of
+from tests.support import WorkerProcess, run_script, script_env, task_queue
+from workflows import ReleaseWorkflow
+
+HOLD = "RELEASE-FEB-24-BETA-HOLD"
+
+
+async def until_state(client: Client, key: str, tq: str, check: Callable[[ReleaseState], bool]) -> ReleaseState:
+    """Wait until this test's run of the release (on its task queue) is in a state that passes check."""
+    handle = client.get_workflow_handle(f"release-{key}")
+    async with asyncio.timeout(60):
+        while True:
+            try:
+                # An earlier test's finished run of the same key answers to no worker: skip it.
+                if (await handle.describe()).task_queue == tq:
+                    state = await handle.query(ReleaseWorkflow.progress, rpc_timeout=timedelta(seconds=2))
+                    if check(state):
+                        return state
+            except RPCError:
+                pass  # not started yet
+            await asyncio.sleep(0.1)
+
+
+async def listed(client: Client, query: str, count: int) -> list[str]:
+    """Workflow ids matching a visibility query (visibility lags a little behind)."""
+    async with asyncio.timeout(30):
+        while len(ids := [w.id async for w in client.list_workflows(query)]) < count:  # noqa: ASYNC110
+            await asyncio.sleep(0.2)
+    return ids
+
+
+async def test_a_held_release_finishes_once_approved_from_the_command_line(
+    dev_server: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    env = script_env(target_of(dev_server), tmp_path, task_queue(), DEMO_STEP_SECONDS="2")
+    worker = WorkerProcess(env, tmp_path / "worker.log").start()
+    try:
+        release = asyncio.create_task(run_script(["--release-key", HOLD], env))
+        await until_state(dev_server.client, HOLD, env["RELEASE_TASK_QUEUE"], lambda s: s.status == AWAITING_APPROVAL)
+        assert list((tmp_path / "environments").glob("*/*")) == []
+
+        code, out = await run_script(["approve", HOLD, "--by", "alice", "--deploy", "nope"], env)
+        assert code == 2 and out.strip().startswith(f"error: release {HOLD} has no deploy 'nope'"), out
+        code, out = await run_script(["approve", HOLD, "--by", "alice", "--deploy", "sbstore"], env)
+        assert code == 0 and "Approved by alice." in out and "(approved by alice)" in out, out
+        code, out = await run_script(["approve", HOLD, "--by", "bob", "--deploy", "sbstore"], env)
+        assert (code, out.strip()) == (2, f"error: sbstore-1.9 in release {HOLD} is already approved by alice")
+
+        code, out = await release
+        assert code == 0 and f"Result: Release {HOLD}: SUCCESS" in out, out
+        assert "approved by alice: sbstore-1.9" in out
+        approvals = [e for e in Ledger(tmp_path / "ledger.jsonl").entries() if e["step"] == "approve"]
+        assert [(a["deploy_key"], a["approver"]) for a in approvals] == [(f"{HOLD}:sbstore", "alice")]
+
+        # The Web UI's list filters by these search attributes; so does the CLI and the API.
+        assert await listed(dev_server.client, f'ReleaseKey="{HOLD}" AND ReleaseStatus="SUCCESS"', 1) == [
+            f"release-{HOLD}"
+        ]
+        code, out = await run_script(["status", HOLD], env)
+        assert code == 0 and f"Release {HOLD}: SUCCESS" in out and "sbstore-1.9" in out, out
+        code, out = await run_script(["list"], env)
+        assert code == 0 and any(line.split() == [HOLD, "COMPLETED"] for line in out.splitlines()), out
+
+        # Bad input: one line each, exit 2, nothing changes.
+        for args, message in [
+            (["approve", HOLD, "--by", "carol"], f"release {HOLD} is not running (its latest run is COMPLETED)"),
+            (["cancel", HOLD], f"release {HOLD} is not running (its latest run is COMPLETED): nothing to cancel"),
+            (["status", "RELEASE-NEVER"], "release RELEASE-NEVER was never started"),
+            (["approve", "RELEASE-NEVER", "--by", "carol"], "release RELEASE-NEVER was never started"),
+            (["approve", HOLD, "--by", " "], "--by is empty: say who approves"),
+        ]:
+            code, out = await run_script(args, env)
+            assert code == 2 and out.strip().startswith(f"error: {message}"), out
+            assert len(out.strip().splitlines()) == 1, out
+        assert len(Ledger(tmp_path / "ledger.jsonl").entries()) == 1 + 3 * 5  # the approval, 3 x (build + 2 x 2)
+    finally:
+        assert worker.stop() == 0
+
+
+async def test_cancel_from_the_command_line_reports_what_was_deployed(
+    dev_server: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    key = "RELEASE-JAN-24-ALPHA-QC"
+    env = script_env(target_of(dev_server), tmp_path, task_queue(), DEMO_STEP_SECONDS="2")
+    # ALPHA-QC promotes from DEV: put what it needs there, as ALPHA-DEV would have.
+    (tmp_path / "environments" / "DEV").mkdir(parents=True)
+    for artifact in ("frontend-1.2", "sbstore-1.8", "backendforfrontend-1.8"):
+        (tmp_path / "environments" / "DEV" / artifact).write_text(artifact)
+    worker = WorkerProcess(env, tmp_path / "worker.log").start()
+    try:
+        release = asyncio.create_task(run_script(["--release-key", key], env))
+        await until_state(
+            dev_server.client,
+            key,
+            env["RELEASE_TASK_QUEUE"],
+            lambda s: s.status == RUNNING and any(c.deployed for d in s.deploys for c in d.cells.values()),
+        )
+        code, out = await run_script(["cancel", key], env)
+        assert code == 0 and f"Release {key}: CANCELLED (deployed before the cancel: " in out, out
+        code, followed = await release
+        assert code == 1 and f"Result: Release {key}: CANCELLED (deployed before the cancel: " in followed
+    finally:
+        assert worker.stop() == 0
+    # Stopped between steps: QC got nothing, and no file is half there.
+    assert not (tmp_path / "environments" / "QC").exists() or list((tmp_path / "environments" / "QC").iterdir()) == []
+    assert [p.name for p in (tmp_path / "environments" / "TEST").iterdir() if p.name.startswith(".")] == []
