@@ -121,6 +121,8 @@ async def start(client: Client, settings: Settings, target: dict, key: str, now:
             )
     verb = "is already running; following it" if running else "started"
     print(f"Release {key} {verb} (workflow {workflow_id}).", flush=True)
+    if running and now:
+        print("note: --now applies to a new run; the running one keeps its release date", flush=True)
     if link := ui_link(target, workflow_id, handle.result_run_id):
         print(f"Web UI: {link}", flush=True)
     try:
