@@ -18,12 +18,16 @@ import sys
 import time
 from datetime import timedelta
 
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import (
     Client,
     WorkflowExecutionStatus,
     WorkflowFailureError,
     WorkflowHandle,
     WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
 )
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
 from temporalio.exceptions import CancelledError
@@ -57,7 +61,11 @@ COMMANDS = ("start", "status", "approve", "cancel", "list")
 
 
 class UserError(Exception):
-    """Bad input: one line to the user, exit code 2, nothing changed."""
+    """One line to the user and an exit code (2: bad input); nothing was changed."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -205,12 +213,32 @@ async def run_status(client: Client, key: str) -> WorkflowExecutionStatus | None
 
 
 async def running_release(client: Client, key: str, doing: str) -> WorkflowHandle:
-    status = await run_status(client, key)
-    if status is None:
-        raise UserError(f"release {key} was never started: nothing to {doing}")
-    if status != WorkflowExecutionStatus.RUNNING:
-        raise UserError(f"release {key} is not running (its latest run is {status.name}): nothing to {doing}")
-    return client.get_workflow_handle(release_workflow_id(key))
+    """The running release, with a worker to act on it; UserError says why not."""
+    handle = client.get_workflow_handle(release_workflow_id(key))
+    try:
+        description = await handle.describe()
+    except RPCError as e:
+        if e.status == RPCStatusCode.NOT_FOUND:
+            raise UserError(f"release {key} was never started: nothing to {doing}") from None
+        raise
+    if description.status != WorkflowExecutionStatus.RUNNING:
+        run = description.status.name if description.status else "unknown"
+        raise UserError(f"release {key} is not running (its latest run is {run}): nothing to {doing}")
+    # Only a worker can answer; without one the request would wait silently.
+    pollers = await client.workflow_service.describe_task_queue(
+        DescribeTaskQueueRequest(
+            namespace=client.namespace,
+            task_queue=TaskQueue(name=description.task_queue),
+            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+        )
+    )
+    if not pollers.pollers:
+        raise UserError(
+            f"no worker is polling task queue {description.task_queue}: start one (`make worker`) "
+            "and try again; nothing was sent",
+            code=3,
+        )
+    return handle
 
 
 async def status(client: Client, target: dict, key: str) -> int:
@@ -233,15 +261,19 @@ async def status(client: Client, target: dict, key: str) -> int:
 async def approve(client: Client, key: str, approver: str, deploy: str | None) -> int:
     handle = await running_release(client, key, "approve")
     try:
-        state = await asyncio.wait_for(
-            handle.execute_update(ReleaseWorkflow.approve, Approval(approver=approver, deploy=deploy)),
-            WORKER_ANSWER.total_seconds(),
+        state = await handle.execute_update(
+            ReleaseWorkflow.approve, Approval(approver=approver, deploy=deploy), rpc_timeout=WORKER_ANSWER
         )
     except WorkflowUpdateFailedError as e:
         cause = root_cause(e)
         raise UserError(getattr(cause, "message", str(cause))) from None
-    except TimeoutError:
-        raise UserError(f"no worker answered within {WORKER_ANSWER.seconds} s: start one (`make worker`)") from None
+    except WorkflowUpdateRPCTimeoutOrCancelledError:
+        # The server keeps an update it has admitted, so it may still apply.
+        raise UserError(
+            f"no worker answered within {WORKER_ANSWER.seconds} s; the approval may still apply "
+            f"when one does: check with `python run_workflow.py status {key}`",
+            code=3,
+        ) from None
     print(f"Approved by {approver}.")
     print(render_progress(state))
     return 0
@@ -315,7 +347,7 @@ async def main(argv: list[str]) -> int:
         return await list_releases(client, known or [])
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return e.code
     except RPCError as e:
         print(f"error: Temporal at {target['target_host']} refused the request: {e.message}", file=sys.stderr)
         return 3
@@ -325,6 +357,6 @@ if __name__ == "__main__":
     try:
         code = asyncio.run(main(sys.argv[1:]))
     except KeyboardInterrupt:
-        print("\nStopped following; the release goes on. Run the same command again to attach to it.")
+        print("\nStopped waiting. The release goes on in Temporal; `python run_workflow.py status KEY` shows it.")
         code = 130
     exit_now(code)

@@ -174,7 +174,7 @@ class ReleaseResult(BaseModel):
 SCHEDULED, AWAITING_APPROVAL, RUNNING = "SCHEDULED", "AWAITING_APPROVAL", "RUNNING"
 SUCCESS, FAILED, CANCELLED = "SUCCESS", "FAILED", "CANCELLED"
 
-CellStatus = Literal["pending", "running", "done", "failed", "skipped"]
+CellStatus = Literal["pending", "running", "done", "failed", "skipped", "cancelled"]
 
 
 class Cell(BaseModel):
@@ -221,13 +221,16 @@ class ReleaseState(BaseModel):
     error: str | None = None
 
 
+CELL = len("cancelled +2 retries  ")
+
+
 def render_progress(state: ReleaseState) -> str:
     """A table of deploys × environments; deterministic, so workflows use it too."""
     lines = [f"Release {state.release_key}: {state.status}" + (f" ({state.error})" if state.error else "")]
     if not state.approved:
         lines.append("  the release itself waits for approval")
     width = max([len(d.artifact) for d in state.deploys] + [6]) + 2
-    lines.append(("  " + "deploy".ljust(width) + "".join(e.ljust(16) for e in ENVIRONMENTS)).rstrip())
+    lines.append(("  " + "deploy".ljust(width) + "".join(e.ljust(CELL) for e in ENVIRONMENTS)).rstrip())
     for d in state.deploys:
         cells = []
         for env in ENVIRONMENTS:
@@ -236,7 +239,7 @@ def render_progress(state: ReleaseState) -> str:
             if c is not None and c.attempts > c.steps_done:
                 retries = c.attempts - c.steps_done
                 text += f" +{retries} retr{'y' if retries == 1 else 'ies'}"
-            cells.append(text.ljust(16))
+            cells.append(text.ljust(CELL))
         note = "" if d.approved else "  (not approved)"
         if d.approved_by:
             note = f"  (approved by {d.approved_by})"

@@ -62,6 +62,9 @@ class ReleaseWorkflow:
         try:
             result = await self._release()
         except asyncio.CancelledError:
+            for cell in (c for d in self.state.deploys for c in d.cells.values()):
+                if cell.status in ("pending", "running"):
+                    cell.status = "cancelled"
             deployed = "; ".join(
                 f"{d.artifact} → {', '.join(e for e, c in d.cells.items() if c.deployed)}"
                 for d in self.state.deploys
