@@ -18,14 +18,14 @@ alive = [ -f $(1) ] && ps -o stat= -p "$$(cat $(1))" 2>/dev/null | grep -qv '^Z'
 DETACH := $(shell command -v setsid 2>/dev/null) nohup
 WORKSPACE := $(or $(RELEASE_WORKSPACE),.)
 
-.PHONY: help install demo server worker release stop stop-worker kill-worker test chaos histories lint clean-workspace
+.PHONY: help install demo server worker release stop stop-worker kill-worker test chaos histories screenshots lint clean-workspace
 
 help:
 	@echo "make demo    install, start a dev server and a worker, run the INITIAL release"
 	@echo "make test    install and run the whole test suite"
 	@echo "make stop    stop the worker and dev server that make started"
 	@echo "make chaos   kill workers and restart the server during a release; print the figures"
-	@echo "make server | worker | stop-worker | kill-worker | release KEY=... | histories | lint | clean-workspace"
+	@echo "make server | worker | stop-worker | kill-worker | release KEY=... | histories | screenshots | lint | clean-workspace"
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed: run make PYTHON=python3.11 ...")'
@@ -108,6 +108,10 @@ chaos: $(STAMP)
 # Re-record the replay tests' histories; only for a deliberate, versioned workflow change.
 histories: $(STAMP)
 	$(PY) -m tests.record_histories
+
+# Real Web UI screenshots for the docs (needs Debian's chromium); its own server and worker on free ports.
+screenshots: $(STAMP)
+	$(PY) resources/screenshots.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

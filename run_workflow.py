@@ -117,6 +117,7 @@ async def start(client: Client, settings: Settings, target: dict, key: str, now:
                 # A second start of a running release follows it rather than failing.
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
                 search_attributes=search_attributes,
+                static_summary=f"Release {key}" + (" (--now: not waiting for the release date)" if now else ""),
             )
             break
         except RPCError as e:
@@ -297,9 +298,18 @@ async def cancel(client: Client, key: str) -> int:
 
 
 async def list_releases(client: Client, keys: list[str]) -> int:
-    statuses = await asyncio.gather(*(run_status(client, key) for key in keys))
-    for key, run in zip(keys, statuses, strict=True):
-        print(f"{key:<34} {run.name if run else 'never run'}")
+    async def latest(key: str) -> str:
+        try:
+            run = await client.get_workflow_handle(release_workflow_id(key)).describe()
+        except RPCError as e:
+            if e.status == RPCStatusCode.NOT_FOUND:
+                return "never run"
+            raise
+        # The release's own word (SUCCESS, AWAITING_APPROVAL...) where it set one, else Temporal's.
+        return run.typed_search_attributes.get(RELEASE_STATUS) or (run.status.name if run.status else "unknown")
+
+    for key, latest_status in zip(keys, await asyncio.gather(*(latest(k) for k in keys)), strict=True):
+        print(f"{key:<34} {latest_status}")
     return 0
 
 

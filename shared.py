@@ -230,10 +230,12 @@ def render_progress(state: ReleaseState) -> str:
     if not state.approved:
         lines.append("  the release itself waits for approval")
     width = max([len(d.artifact) for d in state.deploys] + [6]) + 2
-    lines.append(("  " + "deploy".ljust(width) + "".join(e.ljust(CELL) for e in ENVIRONMENTS)).rstrip())
+    # Only the environments this release touches, so the table fits the Web UI's details panel.
+    envs = [e for e in ENVIRONMENTS if any(e in d.cells for d in state.deploys)]
+    lines.append(("  " + "deploy".ljust(width) + "".join(e.ljust(CELL) for e in envs)).rstrip())
     for d in state.deploys:
         cells = []
-        for env in ENVIRONMENTS:
+        for env in envs:
             c = d.cells.get(env)
             text = "" if c is None else c.status
             if c is not None and c.attempts > c.steps_done:

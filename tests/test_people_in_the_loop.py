@@ -74,7 +74,7 @@ async def test_a_held_release_finishes_once_approved_from_the_command_line(
         code, out = await run_script(["status", HOLD], env)
         assert code == 0 and f"Release {HOLD}: SUCCESS" in out and "sbstore-1.9" in out, out
         code, out = await run_script(["list"], env)
-        assert code == 0 and any(line.split() == [HOLD, "COMPLETED"] for line in out.splitlines()), out
+        assert code == 0 and any(line.split() == [HOLD, "SUCCESS"] for line in out.splitlines()), out
 
         # Bad input: one line each, exit 2, nothing changes.
         for args, message in [
