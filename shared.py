@@ -216,6 +216,7 @@ class ReleaseState(BaseModel):
     release_date: date | None = None
     approved: bool = True
     approved_by: str | None = None
+    approved_at: datetime | None = None
     deploys: list[DeployState] = Field(default_factory=list)
     events: list[str] = Field(default_factory=list)
     error: str | None = None
@@ -229,6 +230,8 @@ def render_progress(state: ReleaseState) -> str:
     lines = [f"Release {state.release_key}: {state.status}" + (f" ({state.error})" if state.error else "")]
     if not state.approved:
         lines.append("  the release itself waits for approval")
+    elif state.approved_by:
+        lines.append(f"  release approved by {state.approved_by}{_at(state.approved_at)}")
     width = max([len(d.artifact) for d in state.deploys] + [6]) + 2
     # Only the environments this release touches, so the table fits the Web UI's details panel.
     envs = [e for e in ENVIRONMENTS if any(e in d.cells for d in state.deploys)]
@@ -244,7 +247,7 @@ def render_progress(state: ReleaseState) -> str:
             cells.append(text.ljust(CELL))
         note = "" if d.approved else "  (not approved)"
         if d.approved_by:
-            note = f"  (approved by {d.approved_by})"
+            note = f"  (approved by {d.approved_by}{_at(d.approved_at)})"
         lines.append("  " + d.artifact.ljust(width) + "".join(cells).rstrip() + note)
     return "\n".join(lines)
 
@@ -301,6 +304,10 @@ def describe_validation_error(err: ValueError) -> str:
         msg = str(e.get("msg", "")).removeprefix("Value error, ")
         parts.append(f"{where}: {msg}" if where else msg)
     return "; ".join(parts)
+
+
+def _at(when: datetime | None) -> str:
+    return f" at {when:%Y-%m-%d %H:%M} UTC" if when else ""
 
 
 def root_cause(err: BaseException) -> BaseException:

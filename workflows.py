@@ -252,7 +252,7 @@ class ReleaseWorkflow:
         release_too, deploys = self._approval_targets(approval)
         approver, now = approval.approver.strip(), workflow.now()
         if release_too:
-            self.state.approved, self.state.approved_by = True, approver
+            self.state.approved, self.state.approved_by, self.state.approved_at = True, approver, now
         for d in deploys:
             d.approved, d.approved_by, d.approved_at = True, approver, now
         what = (["the release"] if release_too else []) + [d.artifact for d in deploys]

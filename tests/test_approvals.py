@@ -25,6 +25,7 @@ from shared import (
     ReleaseState,
     StepInput,
     StepResult,
+    render_progress,
     root_cause,
 )
 from tests.conftest import CATALOG
@@ -116,7 +117,8 @@ async def test_hold_accepts_an_approval_by_signal(ts_env: WorkflowEnvironment, t
         result = await handle.result()
         state = await handle.query(ReleaseWorkflow.progress)
     assert result.status == "SUCCESS"
-    assert state.approved_by == "bob"
+    assert state.approved_by == "bob" and state.approved_at is not None
+    assert "release approved by bob at " in render_progress(state)
     assert {d.container_id: d.approved_by for d in state.deploys} == {
         "frontend": None,
         "sbstore": "bob",

@@ -57,7 +57,7 @@ async def test_a_held_release_finishes_once_approved_from_the_command_line(
         code, out = await run_script(["approve", HOLD, "--by", "alice", "--deploy", "nope"], env)
         assert code == 2 and out.strip().startswith(f"error: release {HOLD} has no deploy 'nope'"), out
         code, out = await run_script(["approve", HOLD, "--by", "alice", "--deploy", "sbstore"], env)
-        assert code == 0 and "Approved by alice." in out and "(approved by alice)" in out, out
+        assert code == 0 and "Approved by alice." in out and "(approved by alice at " in out, out
         code, out = await run_script(["approve", HOLD, "--by", "bob", "--deploy", "sbstore"], env)
         assert (code, out.strip()) == (2, f"error: sbstore-1.9 in release {HOLD} is already approved by alice")
 
