@@ -64,6 +64,7 @@ async def test_missing_source_fails_without_retrying(ts_env: WorkflowEnvironment
     assert isinstance(cause, ApplicationError) and cause.type == "MissingArtifact"
     assert "to PROD: QC does not hold" in str(cause)
     assert rm.contents("PROD") == []
+    assert set(await attempts(ts_env, handle, children=True)) == {1}
 
 
 def unchecked_release(**deploy_fields: object) -> ReleaseInfo:
