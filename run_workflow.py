@@ -23,6 +23,7 @@ from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import (
     Client,
+    WorkflowExecutionDescription,
     WorkflowExecutionStatus,
     WorkflowFailureError,
     WorkflowHandle,
@@ -203,25 +204,26 @@ async def progress(handle: WorkflowHandle) -> ReleaseState | None:
         return None
 
 
-async def run_status(client: Client, key: str) -> WorkflowExecutionStatus | None:
-    """The status of the release's latest run; None if it was never started."""
+async def latest_run(client: Client, key: str) -> WorkflowExecutionDescription | None:
+    """The release's latest run; None if it was never started."""
     try:
-        return (await client.get_workflow_handle(release_workflow_id(key)).describe()).status
+        return await client.get_workflow_handle(release_workflow_id(key)).describe()
     except RPCError as e:
         if e.status == RPCStatusCode.NOT_FOUND:
             return None
         raise
 
 
+async def run_status(client: Client, key: str) -> WorkflowExecutionStatus | None:
+    run = await latest_run(client, key)
+    return run.status if run else None
+
+
 async def running_release(client: Client, key: str, doing: str) -> WorkflowHandle:
     """The running release, with a worker to act on it; UserError says why not."""
-    handle = client.get_workflow_handle(release_workflow_id(key))
-    try:
-        description = await handle.describe()
-    except RPCError as e:
-        if e.status == RPCStatusCode.NOT_FOUND:
-            raise UserError(f"release {key} was never started: nothing to {doing}") from None
-        raise
+    description = await latest_run(client, key)
+    if description is None:
+        raise UserError(f"release {key} was never started: nothing to {doing}")
     if description.status != WorkflowExecutionStatus.RUNNING:
         run = description.status.name if description.status else "unknown"
         raise UserError(f"release {key} is not running (its latest run is {run}): nothing to {doing}")
@@ -239,7 +241,7 @@ async def running_release(client: Client, key: str, doing: str) -> WorkflowHandl
             "and try again; nothing was sent",
             code=3,
         )
-    return handle
+    return client.get_workflow_handle(release_workflow_id(key))
 
 
 async def status(client: Client, target: dict, key: str) -> int:
@@ -299,12 +301,9 @@ async def cancel(client: Client, key: str) -> int:
 
 async def list_releases(client: Client, keys: list[str]) -> int:
     async def latest(key: str) -> str:
-        try:
-            run = await client.get_workflow_handle(release_workflow_id(key)).describe()
-        except RPCError as e:
-            if e.status == RPCStatusCode.NOT_FOUND:
-                return "never run"
-            raise
+        run = await latest_run(client, key)
+        if run is None:
+            return "never run"
         # The release's own word (SUCCESS, AWAITING_APPROVAL...) where it set one, else Temporal's.
         return run.typed_search_attributes.get(RELEASE_STATUS) or (run.status.name if run.status else "unknown")
 
