@@ -27,21 +27,47 @@ REPO_ROOT = Path(__file__).resolve().parent
 # and starts with a digit: the name then splits back unambiguously at its last "-".
 CONTAINER_ID = re.compile(r"^[a-z0-9](?:[a-z0-9_.-]{0,62}[a-z0-9])?$")
 VERSION = re.compile(r"^[0-9][A-Za-z0-9._+]{0,31}$")
-RELEASE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+RELEASE_KEY_MAX = 100
+RELEASE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+APPROVER_MAX = 100
+# A release's deploys and the events it keeps are capped: its state travels in every
+# query and stays in the workflow's memory for the release's whole life.
+MAX_DEPLOYS = 50
+EVENTS_KEPT = 200
+EVENT_CHARS = 300
 
 
 def release_workflow_id(release_key: str) -> str:
     return f"release-{release_key}"
 
 
+def clip(text: str, limit: int = 40) -> str:
+    """text cut to limit characters with a visible mark, so an error never echoes a huge input back."""
+    return text if len(text) <= limit else f"{text[: limit - 1]}…"
+
+
 def _check(value: str, pattern: re.Pattern[str], what: str, rule: str) -> str:
     if not pattern.fullmatch(value) or ".." in value:
-        raise ValueError(f"{what} {value!r} is invalid: {rule}")
+        raise ValueError(f"{what} {clip(value)!r} is invalid: {rule}")
     return value
 
 
 def check_release_key(key: str) -> str:
+    if len(key) > RELEASE_KEY_MAX:
+        raise ValueError(f"release key {clip(key)!r} is {len(key)} characters long; the limit is {RELEASE_KEY_MAX}")
     return _check(key, RELEASE_KEY, "release key", "use letters, digits, '.', '_' and '-'")
+
+
+def check_approver(name: str) -> str:
+    """The approver's name, stripped: 1-100 printable characters, so it cannot draw fake lines in a terminal."""
+    name = name.strip()
+    if not name:
+        raise ValueError("the approver is empty: say who approves")
+    if len(name) > APPROVER_MAX:
+        raise ValueError(f"the approver's name is {len(name)} characters long; the limit is {APPROVER_MAX}")
+    if not name.isprintable():
+        raise ValueError("the approver's name holds control characters (newlines, escapes): use plain text")
+    return name
 
 
 class DeployInfo(BaseModel):
@@ -86,7 +112,8 @@ class ApprovalPolicy(BaseModel):
     """
 
     unapproved: Literal["skip", "stop", "hold"] = "hold"
-    hold_hours: float = Field(default=24, gt=0)
+    # At most a year: the hold is a durable timer, and a huge one overflows the workflow's clock.
+    hold_hours: float = Field(default=24, gt=0, le=8760)
     after_hold: Literal["skip", "stop"] = "stop"
 
 
@@ -99,7 +126,7 @@ class ReleaseInfo(BaseModel):
     now: bool = False
     approved: bool = True
     approval_policy: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
-    deploys: list[DeployInfo] = Field(default_factory=list)
+    deploys: list[DeployInfo] = Field(default_factory=list, max_length=MAX_DEPLOYS)
 
     @field_validator("release_key")
     @classmethod
@@ -121,10 +148,23 @@ class ApprovalReport(BaseModel):
 
 
 class Approval(BaseModel):
-    """An approval, sent by Update or Signal: deploy is a container id; none approves all that waits."""
+    """An approval, sent by Update or Signal: deploy is a container id; none approves all that waits.
+
+    Fields are checked by the workflow (check_approver), not here: a Signal whose payload
+    fails to convert is dropped by the SDK without a trace, and the release should say why.
+    """
 
     approver: str = ""
     deploy: str | None = None
+
+
+class ApprovalReply(BaseModel):
+    """What the approve Update answers: small, whatever the release's size."""
+
+    release_key: str
+    status: str
+    approved: list[str]
+    still_waiting: list[str]
 
 
 class ApprovalRecord(BaseModel):
@@ -155,6 +195,8 @@ class DeployRequest(BaseModel):
 class StepResult(BaseModel):
     artifact: str
     attempt: int
+    # False when this execution found the step's effect already in place (a retry after a crash).
+    applied: bool = True
 
 
 class DeployResult(BaseModel):
@@ -174,7 +216,7 @@ class ReleaseResult(BaseModel):
 SCHEDULED, AWAITING_APPROVAL, RUNNING = "SCHEDULED", "AWAITING_APPROVAL", "RUNNING"
 SUCCESS, FAILED, CANCELLED = "SUCCESS", "FAILED", "CANCELLED"
 
-CellStatus = Literal["pending", "running", "done", "failed", "skipped", "cancelled"]
+CellStatus = Literal["pending", "waiting", "running", "done", "failed", "skipped", "cancelled"]
 
 
 class Cell(BaseModel):
@@ -196,6 +238,8 @@ class StepProgress(BaseModel):
     step: str
     attempts: int = 0
     error: str | None = None
+    # Why the deploy waits (status "waiting"), say "DEV/frontend: held by RELEASE-X".
+    note: str | None = None
 
 
 class DeployState(BaseModel):
@@ -206,6 +250,7 @@ class DeployState(BaseModel):
     approved_by: str | None = None
     approved_at: datetime | None = None
     cells: dict[str, Cell]
+    waiting_for: str | None = None
 
 
 class ReleaseState(BaseModel):
@@ -241,6 +286,8 @@ def render_progress(state: ReleaseState) -> str:
         for env in envs:
             c = d.cells.get(env)
             text = "" if c is None else c.status
+            if c is not None and c.status == "cancelled" and c.deployed:
+                text = "deployed, untested"
             if c is not None and c.attempts > c.steps_done:
                 retries = c.attempts - c.steps_done
                 text += f" +{retries} retr{'y' if retries == 1 else 'ies'}"
@@ -249,6 +296,9 @@ def render_progress(state: ReleaseState) -> str:
         if d.approved_by:
             note = f"  (approved by {d.approved_by}{_at(d.approved_at)})"
         lines.append("  " + d.artifact.ljust(width) + "".join(cells).rstrip() + note)
+    for d in state.deploys:
+        if d.waiting_for:
+            lines.append(f"  {d.artifact} is waiting for {d.waiting_for}")
     return "\n".join(lines)
 
 
