@@ -2,18 +2,28 @@
 
 They are synchronous and run on the worker's thread pool, because the steps do
 blocking file I/O; heartbeats report liveness so a dead worker is noticed in seconds.
+
+Every failure leaves here classified: SimulatedFailure is transient and retried;
+ReleaseError (bad data, a missing artifact) is final by its type name, which workflows
+list as non-retryable; OSError becomes a retryable WorkspaceError, since a person can fix
+a folder's permissions or a full disk outside; anything else is a programming error,
+a final StepBug.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from temporalio import activity
+from temporalio.exceptions import ApplicationError, CancelledError, FailureError
 
-from release_management import ReleaseManagement
-from shared import ApprovalRecord, ApprovalReport, ReleaseInfo, StepInput, StepResult
-from utils import FailureInjector
+from release_management import ReleaseError, ReleaseManagement
+from shared import ApprovalRecord, ApprovalReport, ReleaseInfo, StepInput, StepResult, clip
+from utils import FailureInjector, SimulatedFailure
+
+T = TypeVar("T")
+MESSAGE_MAX = 300
 
 
 def step_summary(verb: str, step: StepInput) -> str:
@@ -40,17 +50,30 @@ class ReleaseActivities:
 
     @activity.defn
     def gather_deployments(self, release_key: str) -> ReleaseInfo:
-        self.failures.maybe_fail(f"gather deployments of {release_key}", activity.info().attempt)
-        return self.rm.gather_deployments(release_key)
+        what = f"gather deployments of {clip(release_key)}"
+
+        def run() -> ReleaseInfo:
+            self.failures.maybe_fail(what, activity.info().attempt)
+            return self.rm.gather_deployments(release_key)
+
+        return self._run(what, run)
 
     @activity.defn
     def gather_release_approval(self, release: ReleaseInfo) -> ApprovalReport:
-        self.failures.maybe_fail(f"gather approval of {release.release_key}", activity.info().attempt)
-        return self.rm.gather_release_approval(release)
+        what = f"gather approval of {release.release_key}"
+
+        def run() -> ApprovalReport:
+            self.failures.maybe_fail(what, activity.info().attempt)
+            return self.rm.gather_release_approval(release)
+
+        return self._run(what, run)
 
     @activity.defn
     def record_approval(self, record: ApprovalRecord) -> None:
-        self.rm.record_approval(record, attempt=activity.info().attempt)
+        self._run(
+            f"record the approval of {record.release_key}",
+            lambda: self.rm.record_approval(record, attempt=activity.info().attempt),
+        )
 
     @activity.defn
     def build(self, step: StepInput) -> StepResult:
@@ -66,7 +89,44 @@ class ReleaseActivities:
 
     def _step(self, verb: str, step: StepInput) -> StepResult:
         attempt = activity.info().attempt
-        self.failures.maybe_fail(step_summary(verb, step), attempt, key=step.release_key)
-        run = getattr(self.rm, verb)
-        artifact = run(step, attempt=attempt, progress=activity.heartbeat)
-        return StepResult(artifact=artifact, attempt=attempt)
+        what = step_summary(verb, step)
+
+        def run() -> StepResult:
+            self.failures.maybe_fail(what, attempt, key=step.release_key)
+            outcome = getattr(self.rm, verb)(step, attempt=attempt, progress=activity.heartbeat)
+            return StepResult(artifact=outcome.artifact, attempt=attempt, applied=outcome.applied)
+
+        return self._run(what, run)
+
+    def _run(self, what: str, fn: Callable[[], T]) -> T:
+        done: list[T] = []
+        try:
+            # The worker raises CancelledError into a sync activity's thread wherever it is;
+            # shielded, an attempt in flight when its release is cancelled finishes whole,
+            # never half a copy or an effect without its ledger line.
+            with activity.shield_thread_cancel_exception():
+                done.append(self._classified(what, fn))
+        except CancelledError:
+            if done:
+                # The step completed: report it. The workflow waits for this attempt, then stops.
+                return done[0]
+            raise
+        return done[0]
+
+    def _classified(self, what: str, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except (SimulatedFailure, ReleaseError, FailureError):
+            raise  # transient, final by type name, or already Temporal's own
+        except OSError as e:
+            where = e.filename if e.filename is not None else self.rm.workspace
+            raise ApplicationError(
+                clip(f"{what}: {e.strerror or e} ({where}); fix it and the step goes on", MESSAGE_MAX),
+                type="WorkspaceError",
+            ) from None
+        except Exception as e:
+            # The traceback goes to the worker's log; the release gets one line and stops.
+            activity.logger.error("%s: programming error", what, exc_info=e)
+            raise ApplicationError(
+                clip(f"{type(e).__name__}: {e}", MESSAGE_MAX).replace("\n", " "), type="StepBug", non_retryable=True
+            ) from None

@@ -1,15 +1,30 @@
-"""The release management system on its own, in a temporary workspace."""
+"""The release management system on its own, in a temporary workspace, and the activities that run its steps."""
 
 from __future__ import annotations
 
 import json
+import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
+from temporalio.exceptions import ApplicationError, CancelledError
+from temporalio.testing import ActivityEnvironment
 
-from release_management import CatalogError, MissingArtifact, ReleaseManagement, UnknownRelease
-from shared import DeployInfo, ReleaseInfo, StepInput
+from activities import ReleaseActivities
+from release_management import (
+    NON_RETRYABLE_ERRORS,
+    Catalog,
+    CatalogError,
+    InvalidStep,
+    MissingArtifact,
+    ReleaseManagement,
+    UnknownRelease,
+)
+from shared import ApprovalRecord, DeployInfo, ReleaseInfo, StepInput, StepResult
+from tests.conftest import CATALOG
+from utils import FailureInjector, SimulatedFailure
 
 RUN = "run-1"
 
@@ -50,7 +65,7 @@ def test_unknown_release_key_names_the_known_ones(rm: ReleaseManagement) -> None
 
 
 def test_build_writes_the_artifact(rm: ReleaseManagement, tmp_path: Path) -> None:
-    assert rm.build(step(rm, "RELEASE-NOV-23-INITIAL", "sbstore", "DEV")) == "sbstore-1.0"
+    assert rm.build(step(rm, "RELEASE-NOV-23-INITIAL", "sbstore", "DEV")) == ("sbstore-1.0", True)
     text = (tmp_path / "artifactory" / "sbstore-1.0").read_text()
     assert "release: RELEASE-NOV-23-INITIAL" in text
     assert "git: https://github.com/mybiz/sbstore.git" in text
@@ -62,9 +77,9 @@ def test_each_promotion_takes_from_the_environment_before(rm: ReleaseManagement)
         rm.deploy(s)
     rm.build(s)
     for env in ("DEV", "TEST", "QC", "PROD"):
-        assert rm.deploy(s.model_copy(update={"env": env})) == "frontend-1.0"
+        assert rm.deploy(s.model_copy(update={"env": env})) == ("frontend-1.0", True)
         assert rm.contents(env) == ["frontend-1.0"]
-        assert rm.test(s.model_copy(update={"env": env})) == "frontend-1.0"
+        assert rm.test(s.model_copy(update={"env": env})) == ("frontend-1.0", True)
 
 
 def test_promotion_without_source_fails_clearly(rm: ReleaseManagement) -> None:
@@ -85,19 +100,108 @@ def test_deploy_replaces_the_previous_version_only(rm: ReleaseManagement) -> Non
     assert rm.contents("TEST") == ["backendforfrontend-1.0", "frontend-1.0", "sbstore-1.0"]
 
 
-def test_repeated_steps_change_nothing_and_are_recorded_once(rm: ReleaseManagement, tmp_path: Path) -> None:
+def applied_lines(rm: ReleaseManagement) -> list[tuple[object, ...]]:
+    return [(e["run_id"], e["step"], e["env"]) for e in rm.ledger.entries() if e["applied"] is True]
+
+
+def test_repeated_steps_change_nothing_and_every_execution_is_recorded(rm: ReleaseManagement, tmp_path: Path) -> None:
     s = step(rm, "RELEASE-NOV-23-INITIAL", "frontend", "DEV")
-    rm.build(s, attempt=1)
-    rm.deploy(s, attempt=1)
-    before = (tmp_path / "environments" / "DEV" / "frontend-1.0").stat().st_mtime_ns
-    rm.build(s, attempt=2)
-    rm.deploy(s, attempt=2)
-    assert (tmp_path / "environments" / "DEV" / "frontend-1.0").stat().st_mtime_ns == before
-    entries = rm.ledger.entries()
-    assert [(e["step"], e["attempt"]) for e in entries] == [("build", 1), ("deploy", 1)]
+    assert [rm.build(s, attempt=1), rm.deploy(s, attempt=1), rm.test(s, attempt=1)] == [("frontend-1.0", True)] * 3
+    deployed = tmp_path / "environments" / "DEV" / "frontend-1.0"
+    before = deployed.stat().st_mtime_ns
+    assert [rm.build(s, attempt=2), rm.deploy(s, attempt=2), rm.test(s, attempt=2)] == [("frontend-1.0", False)] * 3
+    assert deployed.stat().st_mtime_ns == before
+    assert rm.contents("DEV") == ["frontend-1.0"]
+    # Retries are visible, not erased: two lines per step, one of them applied.
+    assert [(e["step"], e["attempt"], e["applied"]) for e in rm.ledger.entries()] == [
+        ("build", 1, True),
+        ("deploy", 1, True),
+        ("test", 1, True),
+        ("build", 2, False),
+        ("deploy", 2, False),
+        ("test", 2, False),
+    ]
     # Another run of the same release is another set of steps.
-    rm.deploy(s.model_copy(update={"run_id": "run-2"}), attempt=1)
-    assert len(rm.ledger.entries()) == 3
+    assert rm.test(s.model_copy(update={"run_id": "run-2"})) == ("frontend-1.0", True)
+    assert applied_lines(rm) == [
+        (RUN, "build", "DEV"),
+        (RUN, "deploy", "DEV"),
+        (RUN, "test", "DEV"),
+        ("run-2", "test", "DEV"),
+    ]
+
+
+def test_step_lines_say_when_the_work_began_and_ended(rm: ReleaseManagement) -> None:
+    s = step(rm, "RELEASE-NOV-23-INITIAL", "frontend", "DEV")
+    rm.build(s, attempt=3)
+    (line,) = rm.ledger.entries()
+    assert set(line) == {
+        "release_key",
+        "run_id",
+        "deploy_key",
+        "container",
+        "version",
+        "step",
+        "env",
+        "attempt",
+        "started_at",
+        "at",
+        "applied",
+    }
+    assert (line["container"], line["version"], line["attempt"]) == ("frontend", "1.0", 3)
+    started, ended = (datetime.fromisoformat(str(line[k])) for k in ("started_at", "at"))
+    assert started.utcoffset() == timedelta(0) and started <= ended
+
+
+def test_a_crash_between_effect_and_ledger_line_is_claimed_by_the_next_execution(
+    rm: ReleaseManagement, tmp_path: Path
+) -> None:
+    s = step(rm, "RELEASE-NOV-23-INITIAL", "frontend", "DEV")
+    rm.build(s)
+    rm.deploy(s)
+    rm.test(s)
+    # The effects are in place but the process died before their lines reached the ledger.
+    (tmp_path / "ledger.jsonl").unlink()
+    assert [rm.build(s, attempt=2), rm.deploy(s, attempt=2), rm.test(s, attempt=2)] == [("frontend-1.0", True)] * 3
+    assert [rm.build(s, attempt=3), rm.deploy(s, attempt=3), rm.test(s, attempt=3)] == [("frontend-1.0", False)] * 3
+    assert applied_lines(rm) == [(RUN, "build", "DEV"), (RUN, "deploy", "DEV"), (RUN, "test", "DEV")]
+    assert len(rm.ledger.entries()) == 6
+
+
+def test_a_deploy_that_only_removes_the_old_version_applies_the_step(rm: ReleaseManagement, tmp_path: Path) -> None:
+    promote(rm, "RELEASE-NOV-23-INITIAL")
+    s = step(rm, "RELEASE-JAN-24-ALPHA-DEV", "frontend", "DEV")
+    rm.build(s)
+    # A crash after the new file landed, before the old one went: both are there, no line yet.
+    dev = tmp_path / "environments" / "DEV"
+    (dev / "frontend-1.2").write_bytes((tmp_path / "artifactory" / "frontend-1.2").read_bytes())
+    assert rm.deploy(s) == ("frontend-1.2", True)
+    assert rm.deploy(s, attempt=2) == ("frontend-1.2", False)
+    assert rm.contents("DEV") == ["backendforfrontend-1.0", "frontend-1.2", "sbstore-1.0"]
+    deploys = [e for e in rm.ledger.entries() if e["step"] == "deploy" and e["version"] == "1.2"]
+    assert [e["applied"] for e in deploys] == [True, False]
+
+
+def test_the_test_step_writes_a_report_per_run(rm: ReleaseManagement, tmp_path: Path) -> None:
+    s = step(rm, "RELEASE-NOV-23-INITIAL", "sbstore", "DEV")
+    rm.build(s)
+    rm.deploy(s)
+    rm.test(s)
+    path = tmp_path / "artifactory" / "reports" / "sbstore-1.0" / "DEV.json"
+    report = json.loads(path.read_text())
+    assert {k: v for k, v in report.items() if not k.endswith("_at")} == {
+        "container": "sbstore",
+        "version": "1.0",
+        "environment": "DEV",
+        "passed": True,
+        "release_key": "RELEASE-NOV-23-INITIAL",
+        "run_id": RUN,
+    }
+    assert report["started_at"] <= report["finished_at"]
+    rm.test(s, attempt=2)
+    assert json.loads(path.read_text()) == report  # the same run's report stands
+    assert rm.test(s.model_copy(update={"run_id": "run-2"})).applied
+    assert json.loads(path.read_text())["run_id"] == "run-2"
 
 
 def test_no_temporary_files_are_left_behind(rm: ReleaseManagement, tmp_path: Path) -> None:
@@ -155,7 +259,33 @@ def test_a_bad_container_id_never_writes_outside_the_workspace(tmp_path: Path) -
     rm = ReleaseManagement(workspace, catalog)
     with pytest.raises(CatalogError, match="container id '../escape' is invalid"):
         rm.gather_deployments("R")
-    assert list(tmp_path.iterdir()) == [catalog]
+    # A client that skips validation can still send such a step: the steps check again.
+    (workspace / "artifactory").mkdir(parents=True)
+    (workspace / "artifactory" / "../escape-1.0").write_text("planted")
+    (workspace / "environments" / "DEV").mkdir(parents=True)
+    (workspace / "environments" / "DEV" / "../escape-1.0").write_text("planted")
+    before = snapshot(tmp_path)
+    fields = {"deploy_key": "R:x", "version": "1.0", "git_url": "https://example.invalid/x", "environments": ["DEV"]}
+    bad = {
+        "container id '../escape' is invalid": StepInput.model_construct(
+            release_key="R",
+            run_id=RUN,
+            deploy=DeployInfo.model_construct(container_id="../escape", **fields),
+            env="DEV",
+        ),
+        "env: Input should be": StepInput.model_construct(
+            release_key="R", run_id=RUN, deploy=DeployInfo.model_construct(container_id="x", **fields), env="../../.."
+        ),
+    }
+    for message, s in bad.items():
+        for run in (rm.build, rm.deploy, rm.test):
+            with pytest.raises(InvalidStep, match=f"^refusing to {run.__name__}: .*{re.escape(message)}"):
+                run(s)
+    assert snapshot(tmp_path) == before
+
+
+def snapshot(folder: Path) -> dict[Path, bytes | None]:
+    return {p: p.read_bytes() if p.is_file() else None for p in folder.rglob("*")}
 
 
 def test_a_broken_catalog_is_reported_in_one_line(tmp_path: Path) -> None:
@@ -166,3 +296,162 @@ def test_a_broken_catalog_is_reported_in_one_line(tmp_path: Path) -> None:
     assert "\n" not in str(err.value)
     with pytest.raises(CatalogError, match="cannot read release catalog"):
         ReleaseManagement(tmp_path, tmp_path / "missing.json").release_keys()
+
+
+def release_entry(key: str) -> dict[str, object]:
+    return {"release_key": key, "environments": ["DEV"], "versions": {"frontend": "1.0"}}
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b'{"containers": {}, "releases": [\xff]}', r"is not UTF-8: invalid byte at offset 32$"),
+        (json.dumps({"containers": {}, "releases": []}).encode(), "lists no releases$"),
+        (
+            json.dumps(
+                {
+                    "containers": {"frontend": "g"},
+                    "releases": [release_entry("R1"), release_entry("R2"), release_entry("R1")],
+                }
+            ).encode(),
+            "lists release 'R1' more than once$",
+        ),
+        (b"[" * 100_000, "is invalid: Invalid JSON: recursion limit exceeded"),
+    ],
+    ids=["not-utf8", "empty", "duplicate-key", "absurd-nesting"],
+)
+def test_a_bad_catalog_is_a_catalog_error_naming_the_file(tmp_path: Path, content: bytes, message: str) -> None:
+    catalog = tmp_path / "catalog.json"
+    catalog.write_bytes(content)
+    rm = ReleaseManagement(tmp_path, catalog)
+    for read in (rm.release_keys, lambda: rm.gather_deployments("R1")):
+        with pytest.raises(CatalogError, match=message) as err:
+            read()
+        assert str(err.value).startswith(f"release catalog {catalog} ")
+        assert "\n" not in str(err.value) and len(str(err.value)) < 500
+
+
+def test_any_other_failure_to_parse_the_catalog_is_a_catalog_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def explode(_: str) -> None:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(Catalog, "model_validate_json", explode)
+    with pytest.raises(CatalogError, match=r"release catalog .*releases.json cannot be read: RecursionError$"):
+        ReleaseManagement(tmp_path, CATALOG).catalog()
+
+
+def test_a_release_key_over_the_limit_is_refused_without_echoing_it(rm: ReleaseManagement) -> None:
+    key = "R" * 10_000
+    with pytest.raises(UnknownRelease, match="is 10000 characters long; the limit is 100; known keys: RELEASE-") as err:
+        rm.gather_deployments(key)
+    assert len(str(err.value)) < 500
+
+
+def test_approvals_are_recorded_once_however_often_the_activity_runs(rm: ReleaseManagement) -> None:
+    record = ApprovalRecord(
+        release_key="R", run_id=RUN, approver="alice", approved_at=datetime.now(UTC), deploy_keys=["R:a", "R:b"]
+    )
+    rm.record_approval(record, attempt=1)
+    rm.record_approval(record, attempt=2)
+    lines = [(e["deploy_key"], e["step"], e["env"], e["attempt"], e["applied"]) for e in rm.ledger.entries()]
+    assert lines == [
+        ("R:a", "approve", None, 1, True),
+        ("R:b", "approve", None, 1, True),
+        ("R:a", "approve", None, 2, False),
+        ("R:b", "approve", None, 2, False),
+    ]
+
+
+# --- the activities around the steps: how each failure leaves them --------------
+
+
+class FailFirst(FailureInjector):
+    def maybe_fail(self, what: str, attempt: int, key: str = "") -> None:
+        raise SimulatedFailure(f"simulated failure: {what}, attempt {attempt}")
+
+
+def frontend(rm: ReleaseManagement, env: str = "DEV") -> StepInput:
+    return step(rm, "RELEASE-NOV-23-INITIAL", "frontend", env)
+
+
+def test_a_step_activity_says_whether_it_applied_the_step(rm: ReleaseManagement) -> None:
+    acts, env = ReleaseActivities(rm), ActivityEnvironment()
+    assert env.run(acts.build, frontend(rm)) == StepResult(artifact="frontend-1.0", attempt=1, applied=True)
+    assert env.run(acts.build, frontend(rm)) == StepResult(artifact="frontend-1.0", attempt=1, applied=False)
+
+
+def test_a_workspace_fault_is_retried_with_one_line_saying_what_to_fix(rm: ReleaseManagement, tmp_path: Path) -> None:
+    acts, env = ReleaseActivities(rm), ActivityEnvironment()
+    env.run(acts.build, frontend(rm))
+    (tmp_path / "environments").write_text("a file where a folder should be")
+    with pytest.raises(ApplicationError) as err:
+        env.run(acts.deploy, frontend(rm))
+    assert err.value.type == "WorkspaceError" and not err.value.non_retryable
+    assert err.value.message == (
+        f"deploy frontend-1.0 → DEV: Not a directory ({tmp_path / 'environments' / 'DEV'}); fix it and the step goes on"
+    )
+    (tmp_path / "ledger.jsonl").unlink()
+    (tmp_path / "ledger.jsonl").mkdir()
+    record = ApprovalRecord(release_key="R", run_id=RUN, approver="a", approved_at=datetime.now(UTC), deploy_keys=["R"])
+    with pytest.raises(ApplicationError) as err:
+        env.run(acts.record_approval, record)
+    assert err.value.type == "WorkspaceError" and "Is a directory" in err.value.message
+
+
+@pytest.mark.parametrize(
+    ("bug", "message"),
+    [
+        (KeyError("deploy_key"), "KeyError: 'deploy_key'"),
+        (TypeError("x" * 10_000 + "\nsecond line"), "TypeError: xxx"),
+    ],
+)
+def test_a_programming_error_fails_the_step_for_good_in_one_line(
+    rm: ReleaseManagement, monkeypatch: pytest.MonkeyPatch, bug: Exception, message: str
+) -> None:
+    def buggy(*args: object, **kwargs: object) -> None:
+        raise bug
+
+    s = frontend(rm)
+    monkeypatch.setattr(rm, "test", buggy)
+    monkeypatch.setattr(rm, "gather_deployments", buggy)
+    acts, env = ReleaseActivities(rm), ActivityEnvironment()
+    for run, arg in ((acts.test, s), (acts.gather_deployments, "RELEASE-NOV-23-INITIAL")):
+        with pytest.raises(ApplicationError) as err:
+            env.run(run, arg)
+        assert err.value.type == "StepBug" and err.value.non_retryable
+        assert err.value.message.startswith(message)
+        assert "\n" not in err.value.message and len(err.value.message) <= 300
+
+
+def test_release_errors_and_simulated_failures_keep_their_types(rm: ReleaseManagement) -> None:
+    env = ActivityEnvironment()
+    with pytest.raises(MissingArtifact) as missing:
+        env.run(ReleaseActivities(rm).deploy, frontend(rm))
+    with pytest.raises(UnknownRelease):
+        env.run(ReleaseActivities(rm).gather_deployments, "NOPE")
+    assert type(missing.value).__name__ in NON_RETRYABLE_ERRORS
+    with pytest.raises(SimulatedFailure, match="simulated failure: build frontend-1.0 → DEV, attempt 1"):
+        env.run(ReleaseActivities(rm, FailFirst()).build, frontend(rm))
+
+
+def test_a_cancel_lets_the_step_in_flight_finish_whole(rm: ReleaseManagement) -> None:
+    acts, env = ReleaseActivities(rm), ActivityEnvironment()
+    env.run(acts.build, frontend(rm))
+    # The cancel arrives while the deploy works (its heartbeat), before it copies anything.
+    env.on_heartbeat = lambda *details: env.cancel()
+    result = env.run(acts.deploy, frontend(rm))
+    assert result == StepResult(artifact="frontend-1.0", attempt=1, applied=True)
+    assert rm.contents("DEV") == ["frontend-1.0"]
+    assert [e["step"] for e in rm.ledger.entries()] == ["build", "deploy"]
+
+
+def test_a_cancel_during_a_step_that_fails_ends_the_attempt_as_cancelled(rm: ReleaseManagement, tmp_path: Path) -> None:
+    acts, env = ReleaseActivities(rm), ActivityEnvironment()
+    env.run(acts.build, frontend(rm))
+    (tmp_path / "environments").write_text("a file where a folder should be")
+    env.on_heartbeat = lambda *details: env.cancel()
+    with pytest.raises(CancelledError):
+        env.run(acts.deploy, frontend(rm))
+    assert [e["step"] for e in rm.ledger.entries()] == ["build"]
