@@ -263,7 +263,10 @@ class ReleaseState(BaseModel):
     approved_by: str | None = None
     approved_at: datetime | None = None
     deploys: list[DeployState] = Field(default_factory=list)
+    # The last EVENTS_KEPT events; event_count counts every event ever added, so a
+    # follower knows how many it missed when the oldest were dropped.
     events: list[str] = Field(default_factory=list)
+    event_count: int = 0
     error: str | None = None
 
 

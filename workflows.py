@@ -11,23 +11,27 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
     from activities import ReleaseActivities, step_summary
+    from locks import LockActivities, LockRequest, TargetLockWorkflow, lock_id
     from release_management import NON_RETRYABLE_ERRORS
     from shared import (
         AWAITING_APPROVAL,
         CANCELLED,
         ENVIRONMENTS,
+        EVENT_CHARS,
+        EVENTS_KEPT,
         FAILED,
         RUNNING,
         SCHEDULED,
         SUCCESS,
         Approval,
         ApprovalRecord,
+        ApprovalReply,
         Cell,
         DeployRequest,
         DeployResult,
@@ -38,6 +42,8 @@ with workflow.unsafe.imports_passed_through():
         StepInput,
         StepProgress,
         StepResult,
+        check_approver,
+        clip,
         render_progress,
         root_cause,
     )
@@ -61,22 +67,33 @@ class ReleaseWorkflow:
     async def run(self, release: ReleaseInfo) -> ReleaseResult:
         try:
             result = await self._release()
-        except asyncio.CancelledError:
-            for cell in (c for d in self.state.deploys for c in d.cells.values()):
-                if cell.status in ("pending", "running"):
-                    cell.status = "cancelled"
-            deployed = "; ".join(
-                f"{d.artifact} → {', '.join(e for e, c in d.cells.items() if c.deployed)}"
-                for d in self.state.deploys
-                if any(c.deployed for c in d.cells.values())
-            )
-            self._finish(CANCELLED, f"deployed before the cancel: {deployed or 'nothing'}")
-            raise
-        except Exception as err:
-            self._finish(FAILED, str(root_cause(err)))
+        except (asyncio.CancelledError, Exception) as err:
+            # A cancel that lands while an activity runs arrives as that activity's error.
+            if isinstance(err, asyncio.CancelledError) or is_cancelled_exception(err):
+                self._close_cells("cancelled")
+                self._finish(CANCELLED, f"deployed before the cancel: {self._deployed()}")
+            else:
+                self._close_cells("cancelled")
+                self._finish(FAILED, _message(root_cause(err)))
             raise
         self._finish(SUCCESS)
         return result
+
+    def _close_cells(self, status: str) -> None:
+        for d in self.state.deploys:
+            d.waiting_for = None
+            for cell in d.cells.values():
+                if cell.status in ("pending", "waiting", "running"):
+                    cell.status = status  # type: ignore[assignment]
+
+    def _deployed(self) -> str:
+        """What reached where: "frontend-1.1 → DEV, TEST; sbstore-1.7 → DEV", or "nothing"."""
+        deployed = "; ".join(
+            f"{d.artifact} → {', '.join(e for e, c in d.cells.items() if c.deployed)}"
+            for d in self.state.deploys
+            if any(c.deployed for c in d.cells.values())
+        )
+        return deployed or "nothing"
 
     async def _release(self) -> ReleaseResult:
         release = self.release
@@ -127,8 +144,8 @@ class ReleaseWorkflow:
         to_run = [d for d in release.deploys if d.deploy_key not in skipped]
         # Deploys of different containers are independent, so they run side by side;
         # all of them finish (or fail) before the release reports, so none is cut off midway.
-        outcomes: list[Any] = await asyncio.gather(
-            *(
+        children = [
+            asyncio.ensure_future(
                 workflow.execute_child_workflow(
                     DeployWorkflow.run,
                     DeployRequest(release_key=release.release_key, run_id=info.run_id, deploy=d),
@@ -137,15 +154,47 @@ class ReleaseWorkflow:
                     # A cancel waits until each deploy has stopped between two steps.
                     cancellation_type=workflow.ChildWorkflowCancellationType.WAIT_CANCELLATION_COMPLETED,
                 )
-                for d in to_run
-            ),
-            return_exceptions=True,
-        )
+            )
+            for d in to_run
+        ]
+        # Releases recorded before this change let every deploy run to its end.
+        if workflow.patched("stop-promoting-on-failure"):
+            await self._stop_others_on_failure(children)
+        outcomes: list[Any] = await asyncio.gather(*children, return_exceptions=True)
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
         await workflow.wait_condition(workflow.all_handlers_finished)
         return ReleaseResult(release_key=release.release_key, status="SUCCESS", deploys=outcomes, skipped=skipped)
+
+    async def _stop_others_on_failure(self, children: list[asyncio.Future[Any]]) -> None:
+        """Once one deploy fails for good, the others finish the step in flight and go no further.
+
+        Otherwise the release would ship the rest to PROD and leave there a set nobody released.
+        """
+        pending = list(children)
+        while pending:
+            try:
+                done, pending = await workflow.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+            except asyncio.CancelledError:
+                # The release was cancelled: each deploy stops after its step in flight.
+                for child in pending:
+                    child.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+                raise
+            failed = next((f for f in done if not f.cancelled() and f.exception() is not None), None)
+            if failed is None:
+                continue
+            for child in pending:
+                child.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            error = root_cause(failed.exception())  # type: ignore[arg-type]
+            stopped = "; the other deploys stopped after their step in flight" if pending else ""
+            raise ApplicationError(
+                f"{_message(error)}{stopped}; deployed: {self._deployed()}",
+                type=getattr(error, "type", None) or "DeployFailed",
+                non_retryable=True,
+            )
 
     async def _wait_for_release_date(self) -> None:
         if self.release.release_date is None or self.release.now:
@@ -205,9 +254,14 @@ class ReleaseWorkflow:
     # --- approvals: an Update (validated, answers with the new state) or a Signal ---
 
     @workflow.update
-    async def approve(self, approval: Approval) -> ReleaseState:
-        await self._apply_approval(approval)
-        return self.state
+    async def approve(self, approval: Approval) -> ApprovalReply:
+        approved = await self._apply_approval(approval)
+        return ApprovalReply(
+            release_key=self.state.release_key,
+            status=self.state.status,
+            approved=approved,
+            still_waiting=[d.artifact for d in self.state.deploys if not d.approved and not _skipped(d)],
+        )
 
     @approve.validator
     def validate_approve(self, approval: Approval) -> None:
@@ -226,8 +280,7 @@ class ReleaseWorkflow:
     def _approval_targets(self, approval: Approval) -> tuple[bool, list[DeployState]]:
         """What an approval approves: (the release itself?, deploys). ValueError says why not."""
         key = self.state.release_key
-        if not approval.approver.strip():
-            raise ValueError("the approver is empty: say who approves")
+        check_approver(approval.approver)
         if self.state.status in (SUCCESS, FAILED, CANCELLED):
             raise ValueError(f"release {key} has finished ({self.state.status}): nothing to approve")
         if not self.gathered:
@@ -240,7 +293,7 @@ class ReleaseWorkflow:
         deploy = next((d for d in self.state.deploys if approval.deploy in (d.container_id, d.deploy_key)), None)
         if deploy is None:
             names = ", ".join(d.container_id for d in self.state.deploys)
-            raise ValueError(f"release {key} has no deploy {approval.deploy!r}; its deploys: {names}")
+            raise ValueError(f"release {key} has no deploy {clip(approval.deploy)!r}; its deploys: {names}")
         if _skipped(deploy):
             raise ValueError(f"{deploy.artifact} was skipped: start the release again to ship it")
         if deploy.approved:
@@ -248,9 +301,9 @@ class ReleaseWorkflow:
             raise ValueError(f"{deploy.artifact} in release {key} is already approved{by}")
         return False, [deploy]
 
-    async def _apply_approval(self, approval: Approval) -> None:
+    async def _apply_approval(self, approval: Approval) -> list[str]:
         release_too, deploys = self._approval_targets(approval)
-        approver, now = approval.approver.strip(), workflow.now()
+        approver, now = check_approver(approval.approver), workflow.now()
         if release_too:
             self.state.approved, self.state.approved_by, self.state.approved_at = True, approver, now
         for d in deploys:
@@ -270,6 +323,7 @@ class ReleaseWorkflow:
             retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=10)),
             summary=f"record approval by {approver}",
         )
+        return what
 
     # --- progress ---
 
@@ -284,6 +338,9 @@ class ReleaseWorkflow:
             return
         cell = deploy.cells[progress.env]
         cell.status, cell.step = progress.status, progress.step
+        deploy.waiting_for = progress.note if progress.status == "waiting" else None
+        if progress.note:
+            self._event(f"{deploy.artifact} waits for {progress.note}")
         if progress.attempts:
             cell.deployed = cell.deployed or progress.step == "deploy"
             cell.steps_done += 1
@@ -297,7 +354,9 @@ class ReleaseWorkflow:
         self._show()
 
     def _event(self, text: str) -> None:
-        self.state.events.append(f"{workflow.now():%H:%M:%S} {text}")
+        self.state.events.append(clip(f"{workflow.now():%H:%M:%S} {text}", EVENT_CHARS))
+        del self.state.events[:-EVENTS_KEPT]
+        self.state.event_count += 1
         self._show()
 
     def _show(self) -> None:
@@ -315,14 +374,45 @@ class ReleaseWorkflow:
         self._set_status(status)
 
 
+def _message(err: BaseException) -> str:
+    """An error's own words, without the "Type: " that str() of an ApplicationError puts first."""
+    return clip(getattr(err, "message", None) or str(err), 1000)
+
+
 def _skipped(deploy: DeployState) -> bool:
     return all(c.status == "skipped" for c in deploy.cells.values())
 
 
+# Lock order: the artifactory, then the environments in promotion order. Every deploy takes
+# locks in this order, so two deploys never wait for each other in a circle.
+ARTIFACTORY = "artifactory"
+
+
 @workflow.defn(failure_exception_types=[ValidationError])
 class DeployWorkflow:
+    def __init__(self) -> None:
+        self.granted: set[str] = set()
+        self.held: list[LockRequest] = []
+
     @workflow.run
     async def run(self, request: DeployRequest) -> DeployResult:
+        # Releases recorded before target locks replay without them.
+        if workflow.patched("target-locks"):
+            try:
+                await self._promote_locked(request)
+            finally:
+                for lock in reversed(self.held):
+                    await self._release(lock)
+        else:
+            await self._promote(request)
+        deploy = request.deploy
+        return DeployResult(
+            deploy_key=deploy.deploy_key,
+            artifact=f"{deploy.container_id}-{deploy.version}",
+            environments=deploy.environments,
+        )
+
+    async def _promote(self, request: DeployRequest) -> None:
         deploy = request.deploy
         for env in deploy.environments:
             step = StepInput(release_key=request.release_key, run_id=request.run_id, deploy=deploy, env=env)
@@ -330,25 +420,50 @@ class DeployWorkflow:
             verbs = (["build"] if env == ENVIRONMENTS[0] else []) + ["deploy", "test"]
             await self._report(step, "running", verbs[0])
             for i, verb in enumerate(verbs):
-                status = "done" if i == len(verbs) - 1 else "running"
-                handle = self._start(verb, step)
-                try:
-                    result = await asyncio.shield(handle)
-                except asyncio.CancelledError:
-                    # A cancelled release lets the step in flight finish, so no copy is cut
-                    # off midway and the deploy stops between two steps.
-                    result = await handle
-                    await self._report(step, status, verb, result.attempt)
-                    raise
-                except Exception as err:
-                    await self._report(step, "failed", verb, error=str(root_cause(err)))
-                    raise
-                await self._report(step, status, verb, result.attempt)
-        return DeployResult(
-            deploy_key=deploy.deploy_key,
-            artifact=f"{deploy.container_id}-{deploy.version}",
-            environments=deploy.environments,
-        )
+                await self._step(verb, step, "done" if i == len(verbs) - 1 else "running")
+
+    async def _promote_locked(self, request: DeployRequest) -> None:
+        """Each environment under its lock, and the one it copies from held until the copy is made.
+
+        Holding the source until the deploy is done means no other release can replace the
+        version being promoted; holding the target through its test means nobody replaces
+        what is being tested.
+        """
+        deploy = request.deploy
+        first = ENVIRONMENTS.index(deploy.environments[0])
+        source = ARTIFACTORY if first == 0 else ENVIRONMENTS[first - 1]
+        for env in deploy.environments:
+            step = StepInput(release_key=request.release_key, run_id=request.run_id, deploy=deploy, env=env)
+            if env == deploy.environments[0]:
+                await self._acquire(step, source)
+                if env == ENVIRONMENTS[0]:
+                    await self._report(step, "running", "build")
+                    await self._step("build", step, "running")
+            await self._acquire(step, env)
+            await self._report(step, "running", "deploy")
+            await self._step("deploy", step, "running")
+            await self._release(self.held[0])  # the source: its copy is made
+            await self._step("test", step, "done")
+
+    async def _step(self, verb: str, step: StepInput, status: str) -> None:
+        handle = self._start(verb, step)
+        try:
+            result = await asyncio.shield(handle)
+        except asyncio.CancelledError:
+            # A cancelled release lets the attempt in flight finish, so no copy is cut off
+            # midway, but asks Temporal for no further retries: cancel ends in seconds
+            # even while a step keeps failing.
+            handle.cancel()
+            try:
+                result = await handle
+            except Exception:
+                raise asyncio.CancelledError() from None
+            await self._report(step, status, verb, result.attempt)
+            raise
+        except Exception as err:
+            await self._report(step, "failed", verb, error=_message(root_cause(err)))
+            raise
+        await self._report(step, status, verb, result.attempt)
 
     def _start(self, verb: str, step: StepInput) -> workflow.ActivityHandle[StepResult]:
         return workflow.start_activity_method(
@@ -358,23 +473,76 @@ class DeployWorkflow:
             # retried after heartbeat_timeout, not after the whole start-to-close.
             start_to_close_timeout=timedelta(minutes=30),
             heartbeat_timeout=timedelta(seconds=5),
-            # Simulated faults retry until they pass; bad input fails at once.
+            # Simulated faults and workspace errors a person can fix (permissions, a full
+            # disk) retry with a capped backoff; bad input and bugs fail at once.
             retry_policy=RetryPolicy(
                 initial_interval=timedelta(seconds=1),
                 maximum_interval=timedelta(seconds=5),
                 non_retryable_error_types=NON_RETRYABLE_ERRORS,
             ),
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
             summary=step_summary(verb, step),
         )
 
+    # --- target locks ---
+
+    async def _acquire(self, step: StepInput, place: str) -> None:
+        info = workflow.info()
+        target = f"{place}/{step.deploy.container_id}"
+        req = LockRequest(
+            lock_id=lock_id(info.task_queue, target),
+            target=target,
+            holder_id=info.workflow_id,
+            holder_run_id=info.run_id,
+            release_key=step.release_key,
+        )
+        # Held from the moment it is asked for, so a cancel while waiting leaves the queue.
+        self.held.append(req)
+        holder = await workflow.execute_activity_method(
+            LockActivities.request_lock,
+            req,
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=5)),
+            summary=f"lock {target}",
+        )
+        if req.lock_id not in self.granted:
+            note = f"{target}: held by {holder or 'another release'}"
+            await self._report(step, "waiting", "lock", note=note)
+            await workflow.wait_condition(lambda: req.lock_id in self.granted)
+
+    async def _release(self, req: LockRequest) -> None:
+        self.held.remove(req)
+        self.granted.discard(req.lock_id)
+        await workflow.get_external_workflow_handle(req.lock_id).signal(TargetLockWorkflow.release, req)
+
+    @workflow.signal
+    def lock_granted(self, lock: str) -> None:
+        self.granted.add(lock)
+
+    @workflow.signal
+    def lock_check(self, lock: str) -> None:
+        """The lock asks whether this deploy still runs: a signal that arrives is the answer."""
+
     async def _report(
-        self, step: StepInput, status: str, verb: str, attempts: int = 0, error: str | None = None
+        self,
+        step: StepInput,
+        status: str,
+        verb: str,
+        attempts: int = 0,
+        error: str | None = None,
+        note: str | None = None,
     ) -> None:
         parent = workflow.info().parent
         if parent is None:
             return
         progress = StepProgress(
-            deploy_key=step.deploy.deploy_key, env=step.env, status=status, step=verb, attempts=attempts, error=error
+            deploy_key=step.deploy.deploy_key,
+            env=step.env,
+            status=status,
+            step=verb,
+            attempts=attempts,
+            error=error,
+            note=note,
         )
         await workflow.get_external_workflow_handle(parent.workflow_id).signal(
             ReleaseWorkflow.deploy_progress, progress

@@ -14,12 +14,14 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from temporalio import activity
 from temporalio.api.history.v1 import ActivityTaskStartedEventAttributes
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities import ReleaseActivities
+from locks import LockActivities, LockRequest, TargetLockWorkflow
 from release_management import ReleaseManagement
 from tests.conftest import REPO
 from utils import FailureInjector
@@ -119,27 +121,61 @@ async def until(condition: Callable[[], bool], limit: float = 60) -> None:
             await asyncio.sleep(0.05)
 
 
+class TrackedLocks(LockActivities):
+    """The lock activity, remembering which locks it asked for.
+
+    On the time-skipping server a workflow task nobody will run stops the clock for
+    every later test, so a worker leaving a test first lets its locks end.
+    """
+
+    def __init__(self, client: Client) -> None:
+        super().__init__(client)
+        self.ids: set[str] = set()
+
+    @activity.defn(name="request_lock")
+    async def request_lock(self, req: LockRequest) -> str | None:
+        self.ids.add(req.lock_id)
+        return await super().request_lock(req)
+
+    async def settle(self, limit: float = 5) -> None:
+        handles = [self.client.get_workflow_handle(i) for i in sorted(self.ids)]
+        try:
+            async with asyncio.timeout(limit):
+                for handle in handles:
+                    while (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:  # noqa: ASYNC110
+                        await asyncio.sleep(0.02)
+        except TimeoutError:
+            for handle in handles:
+                if (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
+                    await handle.terminate("the test that used this lock is over")
+
+
 @asynccontextmanager
 async def in_process_worker(
     env: WorkflowEnvironment,
     rm: ReleaseManagement,
     failures: FailureInjector | None = None,
-    replace: Callable[..., object] | None = None,
+    replace: Callable[..., object] | list[Callable[..., object]] | None = None,
 ) -> AsyncIterator[str]:
     """A worker in this process with the real activities; yields its task queue.
 
-    `replace` is an activity function named like the one it stands in for (say `deploy`).
+    `replace` is an activity function (or a list of them) named like the one it stands in for (say `deploy`).
     """
-    activities = ReleaseActivities(rm, failures).all()
-    if replace is not None:
-        activities = [a for a in activities if a.__name__ != replace.__name__] + [replace]
+    locks = TrackedLocks(env.client)
+    activities = [*ReleaseActivities(rm, failures).all(), locks.request_lock]
+    stand_ins = [] if replace is None else replace if isinstance(replace, list) else [replace]
+    names = {f.__name__ for f in stand_ins}
+    activities = [a for a in activities if a.__name__ not in names] + stand_ins
     task_queue = f"tq-{uuid.uuid4()}"
     with ThreadPoolExecutor(max_workers=8) as executor:
         async with Worker(
             env.client,
             task_queue=task_queue,
-            workflows=[ReleaseWorkflow, DeployWorkflow],
+            workflows=[ReleaseWorkflow, DeployWorkflow, TargetLockWorkflow],
             activities=activities,
             activity_executor=executor,
         ):
-            yield task_queue
+            try:
+                yield task_queue
+            finally:
+                await locks.settle()

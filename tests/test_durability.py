@@ -17,7 +17,8 @@ STEPS = 27  # 3 containers x (1 build + 4 deploys + 4 tests)
 
 
 def unique_steps(ledger: Ledger) -> tuple[int, int]:
-    keys = [(e["run_id"], e["deploy_key"], e["step"], e["env"]) for e in ledger.entries()]
+    """(lines that applied an effect, distinct steps): equal when no effect was applied twice."""
+    keys = [(e["run_id"], e["deploy_key"], e["step"], e["env"]) for e in ledger.entries() if e["applied"]]
     return len(keys), len(set(keys))
 
 

@@ -1,0 +1,104 @@
+"""Releases at once on a real dev server, real worker and starter processes: one deploy per target at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+from temporalio.testing import WorkflowEnvironment
+
+from release_management import Ledger
+from tests.conftest import target_of
+from tests.support import WorkerProcess, run_script, script_env, task_queue
+
+CONTAINERS = {
+    "frontend": "https://example.invalid/frontend",
+    "sbstore": "https://example.invalid/sbstore",
+    "backendforfrontend": "https://example.invalid/bff",
+}
+
+
+def write_catalog(path: Path, releases: list[dict]) -> None:
+    path.write_text(json.dumps({"containers": CONTAINERS, "releases": releases}))
+
+
+def overlaps(spans: list[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
+    ordered = sorted(spans)
+    return [b for a, b in zip(ordered, ordered[1:], strict=False) if b[0] < a[1]]
+
+
+def spans(entries: list[dict], step: str, env: str, container: str) -> list[tuple[datetime, datetime]]:
+    return [
+        (datetime.fromisoformat(e["started_at"]), datetime.fromisoformat(e["at"]))
+        for e in entries
+        if e["step"] == step and e["env"] == env and e["container"] == container
+    ]
+
+
+async def test_eight_releases_of_one_container_take_turns(dev_server: WorkflowEnvironment, tmp_path: Path) -> None:
+    run = uuid.uuid4().hex[:8]
+    keys = [f"RACE-{run}-{i}" for i in range(8)]
+    catalog = tmp_path / "catalog.json"
+    write_catalog(
+        catalog,
+        [{"release_key": k, "environments": ["DEV"], "versions": {"frontend": f"2.{i}"}} for i, k in enumerate(keys)],
+    )
+    env = script_env(
+        target_of(dev_server), tmp_path, task_queue(), DEMO_STEP_SECONDS="0.5", RELEASE_CATALOG=str(catalog)
+    )
+    worker = WorkerProcess(env, tmp_path / "worker.log").start()
+    try:
+        results = await asyncio.gather(*(run_script(["--release-key", k], env, limit=240) for k in keys))
+    finally:
+        worker.stop()
+    for key, (code, out) in zip(keys, results, strict=True):
+        assert code == 0 and f"Result: Release {key}: SUCCESS" in out, out
+    assert any("/frontend: held by RACE-" in out for _, out in results), "no release was seen waiting"
+
+    entries = Ledger(tmp_path / "ledger.jsonl").entries()
+    deploys = sorted((e for e in entries if e["step"] == "deploy"), key=lambda e: e["at"])
+    assert len([e for e in deploys if e["applied"]]) == 8
+    assert overlaps(spans(entries, "deploy", "DEV", "frontend")) == []
+    # DEV holds one version: the one the last deploy put there.
+    dev = sorted(p.name for p in (tmp_path / "environments" / "DEV").iterdir())
+    assert dev == [f"frontend-{deploys[-1]['version']}"]
+
+
+async def test_releases_of_the_same_containers_to_prod_all_succeed(
+    dev_server: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    run = uuid.uuid4().hex[:8]
+    keys = [f"PIPE-{run}-{i}" for i in range(4)]
+    catalog = tmp_path / "catalog.json"
+    envs = ["DEV", "TEST", "QC", "PROD"]
+    write_catalog(
+        catalog,
+        [
+            {"release_key": k, "environments": envs, "versions": {c: f"3.{i}" for c in CONTAINERS}}
+            for i, k in enumerate(keys)
+        ],
+    )
+    env = script_env(
+        target_of(dev_server), tmp_path, task_queue(), DEMO_STEP_SECONDS="0.2", RELEASE_CATALOG=str(catalog)
+    )
+    worker = WorkerProcess(env, tmp_path / "worker.log").start()
+    try:
+        results = await asyncio.gather(*(run_script(["--release-key", k], env, limit=300) for k in keys))
+    finally:
+        worker.stop()
+    for key, (code, out) in zip(keys, results, strict=True):
+        assert code == 0 and f"Result: Release {key}: SUCCESS" in out, out
+    entries = Ledger(tmp_path / "ledger.jsonl").entries()
+    for name in envs:
+        held = sorted(p.name for p in (tmp_path / "environments" / name).iterdir())
+        assert len(held) == 3, f"{name} holds {held}"
+        for container in CONTAINERS:
+            assert overlaps(spans(entries, "deploy", name, container)) == [], f"{name}/{container}"
+            last = max(
+                (e for e in entries if e["step"] == "deploy" and e["env"] == name and e["container"] == container),
+                key=lambda e: e["at"],
+            )
+            assert f"{container}-{last['version']}" in held
