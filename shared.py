@@ -190,6 +190,9 @@ class DeployRequest(BaseModel):
     release_key: str
     run_id: str
     deploy: DeployInfo
+    # Which deploys share target locks: the release's task queue. Part of the input, so a
+    # replay elsewhere (another task queue) asks for the same locks.
+    lock_scope: str = ""
 
 
 class StepResult(BaseModel):

@@ -148,7 +148,9 @@ class ReleaseWorkflow:
             asyncio.ensure_future(
                 workflow.execute_child_workflow(
                     DeployWorkflow.run,
-                    DeployRequest(release_key=release.release_key, run_id=info.run_id, deploy=d),
+                    DeployRequest(
+                        release_key=release.release_key, run_id=info.run_id, deploy=d, lock_scope=info.task_queue
+                    ),
                     id=f"{info.workflow_id}/{d.container_id}",
                     static_summary=f"{d.container_id}-{d.version} → {', '.join(d.environments)}",
                     # A cancel waits until each deploy has stopped between two steps.
@@ -393,6 +395,7 @@ class DeployWorkflow:
     def __init__(self) -> None:
         self.granted: set[str] = set()
         self.held: list[LockRequest] = []
+        self.scope = ""
 
     @workflow.run
     async def run(self, request: DeployRequest) -> DeployResult:
@@ -430,6 +433,7 @@ class DeployWorkflow:
         what is being tested.
         """
         deploy = request.deploy
+        self.scope = request.lock_scope
         first = ENVIRONMENTS.index(deploy.environments[0])
         source = ARTIFACTORY if first == 0 else ENVIRONMENTS[first - 1]
         for env in deploy.environments:
@@ -490,7 +494,7 @@ class DeployWorkflow:
         info = workflow.info()
         target = f"{place}/{step.deploy.container_id}"
         req = LockRequest(
-            lock_id=lock_id(info.task_queue, target),
+            lock_id=lock_id(self.scope or info.task_queue, target),
             target=target,
             holder_id=info.workflow_id,
             holder_run_id=info.run_id,

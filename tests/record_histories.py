@@ -24,6 +24,10 @@ from utils import FailureInjector
 from workflows import ReleaseWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
+# Histories of every generation of the workflows stay: a release started by older code must
+# still replay on the new. Name a new generation for each versioned change, and record it;
+# files without a generation (success.0.json) are the first one.
+GENERATION = "v2"
 
 # scenario: (release key, failure injector, whether the release succeeds)
 SCENARIOS = {
@@ -58,11 +62,14 @@ async def record(env: WorkflowEnvironment, scenario: str) -> list[Path]:
                 assert succeeds, f"{scenario} was expected to fail"
             except WorkflowFailureError:
                 assert not succeeds, f"{scenario} was expected to succeed"
-    ids = [handle.id, *await child_ids(env, handle.id)]
+    children = await child_ids(env, handle.id)
+    ids = [handle.id, *children]
+    for child in children:
+        ids += [i for i in await lock_ids(env, child) if i not in ids]
     written = []
     for i, workflow_id in enumerate(ids):
         history = await env.client.get_workflow_handle(workflow_id).fetch_history()
-        path = HISTORIES / f"{scenario}.{i}.json"
+        path = HISTORIES / f"{scenario}.{GENERATION}.{i}.json"
         path.write_text(json.dumps({"workflow_id": workflow_id, "history": json.loads(history.to_json())}, indent=1))
         written.append(path)
     return written
@@ -77,10 +84,21 @@ async def child_ids(env: WorkflowEnvironment, workflow_id: str) -> list[str]:
     ]
 
 
+async def lock_ids(env: WorkflowEnvironment, workflow_id: str) -> list[str]:
+    """The target locks a deploy signalled (their latest runs are recorded)."""
+    history = await env.client.get_workflow_handle(workflow_id).fetch_history()
+    found = [
+        e.signal_external_workflow_execution_initiated_event_attributes.workflow_execution.workflow_id
+        for e in history.events
+        if e.HasField("signal_external_workflow_execution_initiated_event_attributes")
+    ]
+    return list(dict.fromkeys(i for i in found if i.startswith("lock/")))
+
+
 async def main() -> None:
     logging.getLogger("temporalio.activity").setLevel(logging.ERROR)  # failures here are on purpose
     HISTORIES.mkdir(exist_ok=True)
-    for old in HISTORIES.glob("*.json"):
+    for old in HISTORIES.glob(f"*.{GENERATION}.*.json"):
         old.unlink()
     env = await WorkflowEnvironment.start_time_skipping(
         data_converter=pydantic_data_converter, test_server_existing_path=installed_binary("temporal-test-server")

@@ -13,7 +13,9 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from activities import ReleaseActivities
+from locks import TargetLockWorkflow
 from shared import DeployRequest, DeployResult, StepInput
+from tests.record_histories import GENERATION
 from workflows import DeployWorkflow, ReleaseWorkflow
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
@@ -33,12 +35,17 @@ def test_the_recorded_scenarios_are_all_there() -> None:
         ]
         for p in HISTORIES
     }
-    assert types == {"ReleaseWorkflow", "DeployWorkflow"}
+    assert types == {"ReleaseWorkflow", "DeployWorkflow", "TargetLockWorkflow"}
+    # Every generation stays: the first (no generation in the name) and the current one.
+    generations = {p.name.split(".")[1] for p in HISTORIES if not p.name.split(".")[1].isdigit()}
+    assert generations == {GENERATION} and any(p.name.split(".")[1].isdigit() for p in HISTORIES)
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.stem)
 async def test_recorded_history_replays(path: Path) -> None:
-    replayer = Replayer(workflows=[ReleaseWorkflow, DeployWorkflow], data_converter=pydantic_data_converter)
+    replayer = Replayer(
+        workflows=[ReleaseWorkflow, DeployWorkflow, TargetLockWorkflow], data_converter=pydantic_data_converter
+    )
     await replayer.replay_workflow(load(path))
 
 
