@@ -57,18 +57,26 @@ server: $(STAMP)
 	  echo "Temporal server started on localhost:$(PORT), Web UI $(UI) (log: $(STATE)/server.log)"; \
 	fi
 
+# A worker keeps the settings it started with (FAILURE_RATE, DEMO_STEP_SECONDS, ...): they are
+# recorded in $(STATE)/worker.settings, so a later `make worker` asking for others says so
+# (and fails) instead of silently going on with the old ones. The old log is removed before a
+# start, and readiness is the new worker's own "Worker ready (pid N)" line.
 worker: server
-	@if $(call alive,$(STATE)/worker.pid); then \
-	  echo "Worker already running (pid $$(cat $(STATE)/worker.pid), log: $(STATE)/worker.log)"; \
+	@settings="$$($(PY) run_worker.py --settings)" || exit 2; \
+	if $(call alive,$(STATE)/worker.pid); then \
+	  $(PY) run_worker.py --check-running $(STATE) || exit 1; \
 	else \
-	  $(DETACH) $(PY) run_worker.py > $(STATE)/worker.log 2>&1 < /dev/null & echo $$! > $(STATE)/worker.pid; \
+	  rm -f $(STATE)/worker.log $(STATE)/worker.settings; \
+	  $(DETACH) $(PY) run_worker.py > $(STATE)/worker.log 2>&1 < /dev/null & pid=$$!; \
+	  echo $$pid > $(STATE)/worker.pid; echo "$$settings" > $(STATE)/worker.settings; \
 	  for i in $$(seq 60); do \
-	    grep -q "Worker ready" $(STATE)/worker.log && break; \
+	    grep -q "Worker ready (pid $$pid)" $(STATE)/worker.log && break; \
 	    $(call alive,$(STATE)/worker.pid) || { cat $(STATE)/worker.log; echo "Worker failed to start"; exit 1; }; \
 	    sleep 0.5; \
 	  done; \
-	  grep -q "Worker ready" $(STATE)/worker.log || { echo "Worker did not start; see $(STATE)/worker.log"; exit 1; }; \
-	  echo "Worker started (pid $$(cat $(STATE)/worker.pid), log: $(STATE)/worker.log)"; \
+	  grep -q "Worker ready (pid $$pid)" $(STATE)/worker.log \
+	    || { echo "Worker (pid $$pid) not ready after 30 s; see $(STATE)/worker.log"; exit 1; }; \
+	  echo "Worker started (pid $$pid, log: $(STATE)/worker.log) with $$settings"; \
 	fi
 
 KEY ?= RELEASE-NOV-23-INITIAL
@@ -85,7 +93,7 @@ stop_pid = if $(call alive,$(STATE)/$(1).pid); then \
 	  for i in $$(seq 40); do $(call alive,$(STATE)/$(1).pid) || break; sleep 0.25; done; \
 	  $(call alive,$(STATE)/$(1).pid) && kill -9 $$pid; \
 	  echo "Stopped $(1) (pid $$pid)"; \
-	fi; rm -f $(STATE)/$(1).pid
+	fi; rm -f $(STATE)/$(1).pid $(STATE)/$(1).settings
 
 stop: stop-worker
 	@$(call stop_pid,server)

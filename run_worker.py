@@ -1,24 +1,45 @@
 """Runs a worker: it executes release workflows and their steps until Ctrl+C or SIGTERM.
 
-Start as many as you like on one task queue; they share the work.
+Start as many as you like on one task queue; they share the work. `make worker` starts one
+in the background; `--settings` prints the settings a worker would run with, in one line, and
+`--check-running STATE` compares them with those of the worker make started (see the Makefile).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
+import os
+import shlex
 import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from pathlib import Path
 
-from temporalio.worker import Worker
+try:
+    from temporalio.exceptions import ApplicationError
+    from temporalio.worker import Worker
 
-from activities import ReleaseActivities
-from release_management import ReleaseError, ReleaseManagement
-from shared import Settings
-from utils import FailureInjector, SimulatedFailure, connect, connect_config, exit_now, load_env_file
-from workflows import DeployWorkflow, ReleaseWorkflow
+    from activities import ReleaseActivities
+    from locks import LockActivities, TargetLockWorkflow
+    from release_management import ReleaseError, ReleaseManagement
+    from shared import Settings
+    from utils import FailureInjector, SimulatedFailure, connect, connect_config, exit_now, load_env_file
+    from workflows import DeployWorkflow, ReleaseWorkflow
+except ModuleNotFoundError as missing:
+    # An interpreter without the project's dependencies (say the system python3): say how to
+    # run the script instead of a traceback. A module of this project missing is a real bug.
+    if (Path(__file__).resolve().parent / f"{(missing.name or '').partition('.')[0]}.py").exists():
+        raise
+    print(
+        f"error: {sys.executable} lacks the project's dependencies (no module {missing.name!r}): "
+        f"run `make install`, then `.venv/bin/python {shlex.join(['run_worker.py', *sys.argv[1:]])}` "
+        "from the project root",
+        file=sys.stderr,
+    )
+    raise SystemExit(2) from None
 
 MAX_CONCURRENT_STEPS = 16
 # Failures the demo expects: logged as one line each, not as a traceback.
@@ -28,17 +49,100 @@ EXPECTED_FAILURES = (SimulatedFailure, ReleaseError)
 class OneLineExpectedFailures(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         err = record.exc_info[1] if record.exc_info else None
-        if isinstance(err, EXPECTED_FAILURES):
+        # A workspace fault (permissions, a full disk) is retried until a person fixes it.
+        workspace = isinstance(err, ApplicationError) and err.type == "WorkspaceError"
+        if isinstance(err, EXPECTED_FAILURES) or workspace:
             where = getattr(record, "temporal_activity", {}).get("workflow_id", "")
-            then = "Temporal retries it" if isinstance(err, SimulatedFailure) else "not retried"
+            then = "Temporal retries it" if isinstance(err, SimulatedFailure) or workspace else "not retried"
             record.msg, record.args = "%s: %s (%s)", (where, err, then)
             record.exc_info = record.exc_text = None
         return True
 
 
-async def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("temporalio.activity").addFilter(OneLineExpectedFailures())
+# The settings a worker runs with, in a fixed order: `make worker` compares a running
+# worker's (recorded in .temporal/worker.settings) with those an invocation asks for.
+# Credentials are left out: they are not settings a person compares, and not for a log.
+SETTING_NAMES = (
+    "TEMPORAL_ADDRESS",
+    "TEMPORAL_NAMESPACE",
+    "RELEASE_TASK_QUEUE",
+    "RELEASE_WORKSPACE",
+    "RELEASE_CATALOG",
+    "FAILURE_RATE",
+    "FAILURE_SEED",
+    "DEMO_STEP_SECONDS",
+)
+DEFAULT_STATE = ".temporal"
+
+
+def settings_of(settings: Settings, target: dict) -> dict[str, str]:
+    values = {
+        "TEMPORAL_ADDRESS": target["target_host"],
+        "TEMPORAL_NAMESPACE": target["namespace"],
+        "RELEASE_TASK_QUEUE": settings.task_queue,
+        "RELEASE_WORKSPACE": str(settings.workspace),
+        "RELEASE_CATALOG": str(settings.catalog),
+        "FAILURE_RATE": settings.failure_rate,
+        "FAILURE_SEED": "" if settings.failure_seed is None else str(settings.failure_seed),
+        "DEMO_STEP_SECONDS": f"{settings.step_seconds:g}",
+    }
+    return {name: values[name] for name in SETTING_NAMES}
+
+
+def settings_line(values: dict[str, str]) -> str:
+    """One line, in shell syntax, so a part of it can be pasted in front of `make worker`."""
+    return " ".join(f"{name}={shlex.quote(value)}" for name, value in values.items())
+
+
+def parse_settings_line(line: str) -> dict[str, str]:
+    name_values = (part.partition("=") for part in shlex.split(line))
+    return {name: value for name, _, value in name_values}
+
+
+def check_running(state: str, wanted: dict[str, str]) -> int:
+    """For `make worker` when a worker runs: one line; 1 when its settings differ from those wanted."""
+    folder = Path(state)
+    try:
+        pid = (folder / "worker.pid").read_text().strip()
+    except OSError:
+        pid = "unknown"
+    make = "make" if state == DEFAULT_STATE else f"make STATE={shlex.quote(state)}"
+    try:
+        running = parse_settings_line((folder / "worker.settings").read_text())
+    except (OSError, ValueError):
+        print(
+            f"Worker already running (pid {pid}, log: {state}/worker.log); its settings are unknown "
+            f"(it was started before make recorded them): `{make} stop-worker && {make} worker` restarts it "
+            "with these"
+        )
+        return 0
+    differ = [name for name in wanted if running.get(name) != wanted[name]]
+    if not differ:
+        print(f"Worker already running (pid {pid}, log: {state}/worker.log)")
+        return 0
+    had = settings_line({name: running.get(name, "") for name in differ})
+    asked = settings_line({name: wanted[name] for name in differ})
+    print(
+        f"Worker already running (pid {pid}) with {had}, not {asked} as asked: "
+        f"restart it with `{make} stop-worker && {asked} {make} worker`"
+    )
+    return 1
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="run_worker.py", description="Run a worker until Ctrl+C or SIGTERM.")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--settings", action="store_true", help="print the settings a worker would run with; exit")
+    which.add_argument(
+        "--check-running",
+        metavar="STATE",
+        help="compare the settings of the worker that make started (pid and settings in folder STATE) with these",
+    )
+    return parser.parse_args(argv)
+
+
+async def main(argv: list[str]) -> int:
+    args = parse_args(argv)
     try:
         load_env_file()
         settings = Settings.from_env()
@@ -46,6 +150,13 @@ async def main() -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.settings:
+        print(settings_line(settings_of(settings, target)))
+        return 0
+    if args.check_running:
+        return check_running(args.check_running, settings_of(settings, target))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("temporalio.activity").addFilter(OneLineExpectedFailures())
     try:
         client = await connect(target)
     except RuntimeError:
@@ -67,8 +178,8 @@ async def main() -> int:
         worker = Worker(
             client,
             task_queue=settings.task_queue,
-            workflows=[ReleaseWorkflow, DeployWorkflow],
-            activities=acts.all(),
+            workflows=[ReleaseWorkflow, DeployWorkflow, TargetLockWorkflow],
+            activities=[*acts.all(), LockActivities(client).request_lock],
             activity_executor=executor,
             max_concurrent_activities=MAX_CONCURRENT_STEPS,
             # Steps in flight get a moment to finish; any cut off are retried elsewhere.
@@ -76,7 +187,8 @@ async def main() -> int:
         )
         async with worker:
             print(
-                f"Worker ready: {target['target_host']} namespace {target['namespace']}, "
+                # The pid tells `make worker` this line is its worker's, not an earlier one's.
+                f"Worker ready (pid {os.getpid()}): {target['target_host']} namespace {target['namespace']}, "
                 f"task queue {settings.task_queue}, workspace {settings.workspace}, "
                 f"failures {settings.failure_rate}, step {settings.step_seconds:g}s. Ctrl+C stops it.",
                 flush=True,
@@ -88,4 +200,4 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
-    exit_now(asyncio.run(main()))
+    exit_now(asyncio.run(main(sys.argv[1:])))

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import random
+import shlex
+import shutil
 import sys
+from pathlib import Path
 from typing import NoReturn
 
 from dotenv import load_dotenv
@@ -44,6 +47,11 @@ class FailureInjector:
             raise SimulatedFailure(f"simulated failure ({self.rate}): {what}, attempt {attempt}")
 
 
+# Variables that load_env_file took from the .env file. A hint that starts a worker repeats
+# the other settings (the process's own), since a worker started by make reads .env itself.
+_FROM_ENV_FILE: set[str] = set()
+
+
 def load_env_file() -> None:
     """Load .env from the repo root, or the file RELEASE_ENV_FILE names ("" for none); set variables win."""
     named = os.environ.get("RELEASE_ENV_FILE")
@@ -51,7 +59,56 @@ def load_env_file() -> None:
         raise ValueError(f"RELEASE_ENV_FILE={named!r}: no such file")
     path = REPO_ROOT / ".env" if named is None else named
     if path:
+        before = set(os.environ)
         load_dotenv(path)
+        _FROM_ENV_FILE.update(set(os.environ) - before)
+
+
+def python_command() -> str:
+    """How to run this interpreter from the repo root, so a printed hint works as printed.
+
+    `.venv/bin/python` when it is the repo's venv (a bare `python` would miss the project's
+    dependencies unless the venv is active), `python` when that is this interpreter, else its path.
+    """
+    exe = Path(sys.executable)
+    try:
+        return str(exe.parent.resolve().relative_to(REPO_ROOT) / exe.name)
+    except ValueError:
+        pass
+    on_path = shutil.which("python")
+    if on_path and Path(on_path).resolve() == exe.resolve():
+        return "python"
+    return shlex.quote(str(exe))
+
+
+def script_command(script: str, *args: str) -> str:
+    """A command line that runs one of the project's scripts from the repo root."""
+    return f"{python_command()} {shlex.join([script, *args])}"
+
+
+# What decides where a worker polls and what it works on; secrets (an API key) are never repeated.
+WORKER_VARIABLES = (
+    "RELEASE_ENV_FILE",
+    "TEMPORAL_PROFILE",
+    "TEMPORAL_CONFIG_FILE",
+    "TEMPORAL_ADDRESS",
+    "TEMPORAL_NAMESPACE",
+    "RELEASE_TASK_QUEUE",
+    "RELEASE_WORKSPACE",
+    "RELEASE_CATALOG",
+)
+
+
+def worker_command(task_queue: str | None = None) -> str:
+    """The command that starts a worker for this process's settings: `make worker`, after the
+    settings that came from the process environment rather than from .env (which make reads).
+
+    task_queue: another task queue than this process's (a release that runs on another one).
+    """
+    values = {name: os.environ[name] for name in WORKER_VARIABLES if name in os.environ and name not in _FROM_ENV_FILE}
+    if task_queue is not None:
+        values["RELEASE_TASK_QUEUE"] = task_queue
+    return " ".join([*(f"{name}={shlex.quote(value)}" for name, value in values.items()), "make worker"])
 
 
 def connect_config() -> dict:
@@ -81,6 +138,9 @@ def exit_now(code: int) -> NoReturn:
     (Fatal Python error: PyGILState_Release, exit 134) after its work succeeded.
     Skipping teardown once output is flushed makes the exit code the real outcome.
     """
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (BrokenPipeError, ValueError):
+            pass  # the reader has gone (`... | head -1`): what it did not take is not wanted
     os._exit(code)
