@@ -1,33 +1,54 @@
 """The chaos proof: kill workers and the server during a release; nothing is lost, nothing runs twice.
 
 Real dev server, real worker and starter processes. `make chaos` runs this alone; the summary
-line is printed at the end of the pytest run. CHAOS_SEED replays a run's kill timings.
+line is printed at the end of the pytest run. Where in a step each strike lands, and which
+attempts fail by injection, come from a fixed seed, so CI runs the same chaos each time;
+CHAOS_SEED picks another to explore, or replays one. Strikes are aimed at steps at work, never
+at an idle worker.
+
+Effects are counted by an inotify observer in this process (tests/observer.py), not by the
+ledger the worker writes: only a count taken outside the code under test can show a duplicate.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import random
 import socket
+import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
+from temporalio.api.enums.v1 import PendingActivityState, TimeoutType
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
-from release_management import Ledger, build_content
+from release_management import build_content
 from shared import ENVIRONMENTS
-from tests.conftest import installed_binary
-from tests.support import WorkerProcess, activity_starts, run_script, script_env, task_queue
+from tests.conftest import REPO, installed_binary
+from tests.observer import LandingObserver
+from tests.support import WorkerProcess, script_env, task_queue
 from workflows import RELEASE_KEY, RELEASE_STATUS
 
 KEY = "RELEASE-NOV-23-INITIAL"
 ARTIFACTS = ["backendforfrontend-1.0", "frontend-1.0", "sbstore-1.0"]
+STEPS = ("build", "deploy", "test")
 WORKER_KILLS = int(os.environ.get("CHAOS_KILLS", "5"))
+# Fixed, so CI runs the same chaos each time; any other value explores other timings.
+DEFAULT_SEED = 1
+STEP_SECONDS = 1.5
+# Created before the worker starts and watched before the release starts, so no landing is missed.
+WATCHED = ["artifactory", *(f"environments/{env}" for env in ENVIRONMENTS)]
 
 
 class RestartableServer:
@@ -69,42 +90,107 @@ async def server(tmp_path: Path) -> AsyncIterator[RestartableServer]:
     await srv.stop()
 
 
+def _write_atomically(path: Path, data: bytes) -> None:
+    """As the steps write: a hidden temporary file, then a rename into place."""
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def test_observer_sees_a_file_landing_twice(tmp_path: Path) -> None:
+    """The observer can see a duplicate, so its "0 landed twice" below means something."""
+    out = tmp_path / "out"
+    out.mkdir()
+    with LandingObserver(tmp_path, ["out"]) as observer:
+        _write_atomically(out / "a", b"1")
+        _write_atomically(out / "a", b"2")
+        (out / ".b.partial").write_bytes(b"a temporary file, never in place")
+        (out / "sub").mkdir()  # a folder that appears while watching
+        _write_atomically(out / "sub" / "c", b"1")
+        (out / "d").write_bytes(b"written in place")
+    assert observer.problem is None
+    assert observer.counts() == {"out/a": 2, "out/sub/c": 1, "out/d": 1}
+
+
 async def test_release_survives_worker_kills_and_a_server_restart(
     server: RestartableServer, tmp_path: Path, proof_lines: list[str]
 ) -> None:
-    seed = int(os.environ.get("CHAOS_SEED") or random.randrange(1_000_000))
+    seed = int(os.environ.get("CHAOS_SEED") or DEFAULT_SEED)
     rng = random.Random(seed)
     workspace = tmp_path / "ws"
-    workspace.mkdir()
-    env = script_env(server.target, workspace, task_queue(), FAILURE_RATE="sometimes", DEMO_STEP_SECONDS="1.5")
+    for folder in [*WATCHED, "artifactory/reports"]:
+        (workspace / folder).mkdir(parents=True)
+    ledger = workspace / "ledger.jsonl"
+    env = script_env(
+        server.target,
+        workspace,
+        task_queue(),
+        FAILURE_RATE="sometimes",
+        FAILURE_SEED=str(seed),
+        DEMO_STEP_SECONDS=str(STEP_SECONDS),
+    )
     log = tmp_path / "worker.log"
-    worker = await asyncio.to_thread(WorkerProcess(env, log).start)
 
-    started = time.monotonic()
-    release = asyncio.create_task(run_script(["--release-key", KEY], env, limit=900))
-    kills = restarts = 0
-    # Kill the worker at random moments, and restart the server once midway.
-    while kills < WORKER_KILLS or restarts < 1:
-        await asyncio.wait([release], timeout=rng.uniform(1.0, 3.0))
-        if release.done():
-            break
-        if kills == WORKER_KILLS // 2 and restarts == 0:
-            await server.stop()
-            await asyncio.sleep(rng.uniform(0.5, 2.0))
-            await server.start()
-            restarts += 1
-        else:
-            worker.kill()
-            kills += 1
-            worker = await asyncio.to_thread(WorkerProcess(env, log).start)
-    code, out = await release
-    wall = time.monotonic() - started
-    assert worker.stop() == 0
-    assert kills >= WORKER_KILLS and restarts == 1, f"the release ended before the chaos did (seed {seed})"
+    observer = LandingObserver(workspace, WATCHED).start()
+    worker: WorkerProcess | None = None
+    starter: asyncio.subprocess.Process | None = None
+    kills = restarts = in_flight = 0
+    try:
+        worker_up = datetime.now(UTC)
+        worker = await asyncio.to_thread(WorkerProcess(env, log).start)
+        started = time.monotonic()
+        starter = await _start_release(env)
+        release = asyncio.create_task(starter.communicate())
+        while kills < WORKER_KILLS or restarts < 1:
+            # Strike only while work is in flight: once the release has moved on since the last
+            # strike (the ledger grew), aim part-way into a step this worker is working on.
+            if not await _ledger_grows(ledger, release):
+                break
+            struck = await _aim(server, worker_up, release, rng)
+            if not struck:
+                break
+            in_flight += struck
+            if kills == WORKER_KILLS // 2 and restarts == 0:
+                await server.stop()
+                await asyncio.sleep(rng.uniform(0.5, 2.0))
+                await server.start()
+                restarts += 1
+            else:
+                worker.kill()
+                kills += 1
+                worker_up = datetime.now(UTC)
+                worker = await asyncio.to_thread(WorkerProcess(env, log).start)
+        async with asyncio.timeout(900):
+            raw, _ = await release
+        wall = time.monotonic() - started
+    finally:
+        # Clean up without asserting, so a failure above is the one reported.
+        if starter is not None and starter.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                starter.kill()
+        worker_exit = _stop_quietly(worker)
+        observer.stop()
 
-    assert code == 0, out
+    out = raw.decode()
+    assert starter is not None
+    assert starter.returncode == 0, out
     assert f"Result: Release {KEY}: SUCCESS" in out
+    assert kills >= WORKER_KILLS and restarts == 1, f"the release ended before the chaos did (seed {seed})"
+    assert worker_exit == 0, f"the last worker did not stop cleanly on Ctrl+C:\n{log.read_text()[-3000:]}"
 
+    # Effects, as the kernel saw them land: each exactly once.
+    assert observer.problem is None, observer.problem
+    landed = observer.counts()
+    artifacts = [f"artifactory/{a}" for a in ARTIFACTS]
+    artifacts += [f"environments/{e}/{a}" for e in ENVIRONMENTS for a in ARTIFACTS]
+    reports = [f"artifactory/reports/{a}/{e}.json" for a in ARTIFACTS for e in ENVIRONMENTS]
+    twice = {path: n for path, n in sorted(landed.items()) if n > 1}
+    never = [path for path in artifacts + reports if path not in landed]
+    assert not twice, f"landed more than once: {twice} (seed {seed})"
+    assert not never, f"never landed: {never} (seed {seed})"
+    duplicates = sum(n - 1 for n in landed.values())
+
+    # What is left in place is whole and holds the right content.
     release_info = {d.container_id: d for d in _catalog_deploys(workspace)}
     for name in ENVIRONMENTS:
         folder = workspace / "environments" / name
@@ -113,19 +199,161 @@ async def test_release_survives_worker_kills_and_a_server_restart(
             expected = build_content(release_info[artifact.rsplit("-", 1)[0]], KEY)
             assert (folder / artifact).read_bytes() == expected, f"partial {name}/{artifact} (seed {seed})"
 
-    entries = Ledger(workspace / "ledger.jsonl").entries()
-    steps = [(e["run_id"], e["deploy_key"], e["step"], e["env"]) for e in entries]
-    duplicates = len(steps) - len(set(steps))
-    assert len({s[0] for s in steps}) == 1
+    # The ledger's own claim: every execution recorded, exactly one of them applied per step.
+    lines = [json.loads(line) for line in ledger.read_text().splitlines() if line.strip()]
+    executions = [e for e in lines if e["step"] in STEPS]
+    assert len({e["run_id"] for e in executions}) == 1
+    applied = Counter(_identity(e) for e in executions if e.get("applied") is True)
     # One build per container, one deploy and one test per container and environment.
-    assert len(set(steps)) == len(ARTIFACTS) * (1 + 2 * len(ENVIRONMENTS))
-    assert duplicates == 0, f"duplicate side effects (seed {seed})"
+    steps = len(ARTIFACTS) * (1 + 2 * len(ENVIRONMENTS))
+    not_once = {i: n for i, n in applied.items() if n != 1}
+    unapplied = {_identity(e) for e in executions} - set(applied)
+    assert not not_once, f"applied more than once, says the ledger: {not_once} (seed {seed})"
+    assert not unapplied, f"executed but never applied, says the ledger: {sorted(unapplied)} (seed {seed})"
+    assert len(applied) == steps, f"{len(applied)} steps applied, expected {steps} (seed {seed})"
 
-    retries = sum(a.attempt - 1 for a in await activity_starts(server.client, f"release-{KEY}"))
+    history = await _step_attempts(server.client, f"release-{KEY}")
+    assert len(history) == steps, f"{len(history)} step activities in history, expected {steps}"
+    attempts = sum(s.attempts for s in history)
+    cut_off = sum(s.cut_off for s in history)
+    # Temporal's side of the strikes: some step's attempt ended in a heartbeat timeout, its worker dead under it.
+    assert cut_off >= 1, f"no step was cut off by a kill or the restart (seed {seed})"
     proof_lines.append(
-        f"chaos proof: {kills} worker kills survived, {restarts} server restart survived, "
-        f"{retries} retries seen, {duplicates} duplicate side effects, wall {wall:.1f}s (CHAOS_SEED={seed})"
+        f"chaos proof: {kills} worker kills, {restarts} server restart survived, striking {in_flight} steps in flight; "
+        f"{len(applied)} steps executed in {attempts} attempts ({attempts - steps} retries), "
+        f"{len(executions)} executions in the ledger ({len(executions) - len(applied)} found their work done); "
+        f"{len(artifacts)} artifacts + {len(reports)} reports landed once each, {duplicates} landed twice "
+        f"(observed with inotify); wall {wall:.1f}s (CHAOS_SEED={seed})"
     )
+
+
+async def _start_release(env: dict[str, str]) -> asyncio.subprocess.Process:
+    """run_workflow.py for the release, its process kept so a failed test can end it."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(REPO / "run_workflow.py"),
+        "--release-key",
+        KEY,
+        cwd=REPO,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+
+
+def _identity(entry: dict[str, object]) -> tuple[object, ...]:
+    """What the ledger claims happened once: a step of a deploy in an environment, in one run."""
+    return entry["run_id"], entry["deploy_key"], entry["step"], entry["env"]
+
+
+def _ledger_lines(ledger: Path) -> int:
+    try:
+        return ledger.read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+async def _ledger_grows(ledger: Path, release: asyncio.Task[tuple[bytes, bytes]], limit: float = 120) -> bool:
+    """Wait until a step completes (a ledger line is added); False if the release ended first."""
+    before = _ledger_lines(ledger)
+    async with asyncio.timeout(limit):
+        while _ledger_lines(ledger) == before:
+            if release.done():
+                return False
+            await asyncio.sleep(0.05)
+    return not release.done()
+
+
+async def _aim(
+    server: RestartableServer, since: datetime, release: asyncio.Task[tuple[bytes, bytes]], rng: random.Random
+) -> int:
+    """Wait for the moment to strike: part-way into a step that a worker up since `since` works on.
+
+    Returns how many steps are in flight at that moment (never 0), or 0 if the release ended first.
+    """
+    async with asyncio.timeout(120):
+        while not release.done():
+            starts = await _working_steps(server.client, since)
+            fresh = datetime.now(UTC) - timedelta(seconds=STEP_SECONDS / 3)
+            if not starts or max(starts) < fresh:
+                await asyncio.sleep(0.05)
+                continue
+            strike = max(starts) + timedelta(seconds=rng.uniform(0.3, 0.7) * STEP_SECONDS)
+            await asyncio.sleep(max(0.0, (strike - datetime.now(UTC)).total_seconds()))
+            # Looked at again just before striking: a step may have ended meanwhile.
+            if in_flight := len(await _working_steps(server.client, since)):
+                return in_flight
+    return 0
+
+
+async def _working_steps(client: Client, since: datetime) -> list[datetime]:
+    """When each build, deploy and test at work started, for those started since `since`.
+
+    At work means started and heartbeating: a step heartbeats once past its injected
+    failure, as it begins its work. Read from the pending activities of the release and its deploys.
+    """
+    try:
+        root = await client.get_workflow_handle(f"release-{KEY}").describe()
+    except RPCError:
+        return []  # not started yet
+    descriptions = [root.raw_description]
+    for child in root.raw_description.pending_children:
+        try:
+            descriptions.append((await client.get_workflow_handle(child.workflow_id).describe()).raw_description)
+        except RPCError:
+            continue  # ended meanwhile
+    starts = []
+    for description in descriptions:
+        for a in description.pending_activities:
+            if a.activity_type.name not in STEPS or a.state != PendingActivityState.PENDING_ACTIVITY_STATE_STARTED:
+                continue
+            started = a.last_started_time.ToDatetime(tzinfo=UTC)
+            if started >= since and a.last_heartbeat_time.ToDatetime(tzinfo=UTC) >= started:
+                starts.append(started)
+    return starts
+
+
+def _stop_quietly(worker: WorkerProcess | None) -> int | None:
+    """Ctrl+C the worker, killing it if it does not stop; its exit code, or None if it had to be killed."""
+    if worker is None or worker.proc is None:
+        return None
+    try:
+        return worker.stop()
+    except Exception:
+        worker.proc.kill()
+        worker.proc.wait()
+        return None
+
+
+class StepAttempts(NamedTuple):
+    attempts: int  # how many attempts the step took
+    cut_off: bool  # its attempt before the last ended by a heartbeat timeout: its worker died under it
+
+
+async def _step_attempts(client: Client, workflow_id: str) -> list[StepAttempts]:
+    """Each build, deploy and test in the release's and its children's histories.
+
+    History keeps only the last attempt of each activity, with the failure of the one before:
+    so `attempts` is exact, and `cut_off` undercounts (a later failure hides an earlier timeout).
+    """
+    ids, steps = [workflow_id], []
+    while ids:
+        history = await client.get_workflow_handle(ids.pop()).fetch_history()
+        kinds: dict[int, str] = {}
+        for event in history.events:
+            if event.HasField("activity_task_scheduled_event_attributes"):
+                kinds[event.event_id] = event.activity_task_scheduled_event_attributes.activity_type.name
+            if event.HasField("activity_task_started_event_attributes"):
+                started = event.activity_task_started_event_attributes
+                if kinds.get(started.scheduled_event_id) in STEPS:
+                    timeout = started.last_failure.timeout_failure_info
+                    cut_off = started.last_failure.HasField("timeout_failure_info") and (
+                        timeout.timeout_type == TimeoutType.TIMEOUT_TYPE_HEARTBEAT
+                    )
+                    steps.append(StepAttempts(started.attempt, cut_off))
+            if event.HasField("child_workflow_execution_started_event_attributes"):
+                ids.append(event.child_workflow_execution_started_event_attributes.workflow_execution.workflow_id)
+    return steps
 
 
 def _catalog_deploys(workspace: Path) -> list:
