@@ -274,10 +274,11 @@ async def _aim(
     async with asyncio.timeout(120):
         while not release.done():
             starts = await _working_steps(server.client, since)
-            fresh = datetime.now(UTC) - timedelta(seconds=STEP_SECONDS / 3)
-            if not starts or max(starts) < fresh:
+            if not starts:
                 await asyncio.sleep(0.05)
                 continue
+            # Part-way into the latest step; if that moment has passed (a slow, busy machine),
+            # now: the step is still pending, so still at work.
             strike = max(starts) + timedelta(seconds=rng.uniform(0.3, 0.7) * STEP_SECONDS)
             await asyncio.sleep(max(0.0, (strike - datetime.now(UTC)).total_seconds()))
             # Looked at again just before striking: a step may have ended meanwhile.

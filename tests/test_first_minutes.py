@@ -97,7 +97,9 @@ def make_env(env: dict[str, str], state: Path) -> dict[str, str]:
     """make, told through MAKEFLAGS to keep its pids and logs in `state`, so the command lines it
     runs stay exactly as printed and the repo's own .temporal (a demo's worker) is left alone.
     The install stamp counts as fresh: `make test` has just installed."""
-    return {**env, "MAKEFLAGS": f"--old-file=.venv/.installed STATE={state}"}
+    # Under `make test` the outer make's level would make this one print "Entering directory" lines.
+    outer = {k: v for k, v in env.items() if k not in ("MAKELEVEL", "MFLAGS")}
+    return {**outer, "MAKEFLAGS": f"--no-print-directory --old-file=.venv/.installed STATE={state}"}
 
 
 def stop_make_worker(env: dict[str, str], state: Path) -> None:
