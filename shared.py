@@ -293,11 +293,11 @@ def render_progress(state: ReleaseState) -> str:
             c = d.cells.get(env)
             text = "" if c is None else c.status
             if c is not None and c.status == "cancelled" and c.deployed:
-                text = "deployed, untested"
+                text = "deployed"  # cancelled after its deploy, before its test
             if c is not None and c.attempts > c.steps_done:
                 retries = c.attempts - c.steps_done
                 text += f" +{retries} retr{'y' if retries == 1 else 'ies'}"
-            cells.append(text.ljust(CELL))
+            cells.append(text[: CELL - 1].ljust(CELL))
         note = "" if d.approved else "  (not approved)"
         if d.approved_by:
             note = f"  (approved by {d.approved_by}{_at(d.approved_at)})"
