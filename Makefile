@@ -59,12 +59,16 @@ server: $(STAMP)
 
 # A worker keeps the settings it started with (FAILURE_RATE, DEMO_STEP_SECONDS, ...): they are
 # recorded in $(STATE)/worker.settings, so a later `make worker` asking for others says so
-# (and fails) instead of silently going on with the old ones. The old log is removed before a
+# (and fails) instead of silently going on with the old ones; `make release` says so and uses it. The old log is removed before a
 # start, and readiness is the new worker's own "Worker ready (pid N)" line.
 worker: server
 	@settings="$$($(PY) run_worker.py --settings)" || exit 2; \
 	if $(call alive,$(STATE)/worker.pid); then \
-	  $(PY) run_worker.py --check-running $(STATE) || exit 1; \
+	  if [ -n "$(filter worker,$(MAKECMDGOALS))" ]; then \
+	    $(PY) run_worker.py --check-running $(STATE) || exit 1; \
+	  else \
+	    $(PY) run_worker.py --check-running $(STATE) || echo "This release runs on that worker as it is."; \
+	  fi; \
 	else \
 	  rm -f $(STATE)/worker.log $(STATE)/worker.settings; \
 	  $(DETACH) $(PY) run_worker.py > $(STATE)/worker.log 2>&1 < /dev/null & pid=$$!; \

@@ -60,7 +60,7 @@ class ReleaseActivities:
 
     @activity.defn
     def gather_release_approval(self, release: ReleaseInfo) -> ApprovalReport:
-        what = f"gather approval of {release.release_key}"
+        what = f"check approval of {release.release_key}"
 
         def run() -> ApprovalReport:
             self.failures.maybe_fail(what, activity.info().attempt)

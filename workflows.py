@@ -388,6 +388,8 @@ def _skipped(deploy: DeployState) -> bool:
 # Lock order: the artifactory, then the environments in promotion order. Every deploy takes
 # locks in this order, so two deploys never wait for each other in a circle.
 ARTIFACTORY = "artifactory"
+# A deploy that waits for a lock asks again this often (a terminated lock starts anew).
+LOCK_REQUEST_AGAIN = timedelta(seconds=60)
 
 
 @workflow.defn(failure_exception_types=[ValidationError])
@@ -502,22 +504,35 @@ class DeployWorkflow:
         )
         # Held from the moment it is asked for, so a cancel while waiting leaves the queue.
         self.held.append(req)
-        holder = await workflow.execute_activity_method(
-            LockActivities.request_lock,
-            req,
-            start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=5)),
-            summary=f"lock {target}",
-        )
-        if req.lock_id not in self.granted:
-            note = f"{target}: held by {holder or 'another release'}"
-            await self._report(step, "waiting", "lock", note=note)
-            await workflow.wait_condition(lambda: req.lock_id in self.granted)
+        told = False
+        while req.lock_id not in self.granted:
+            # Asked again now and then: a lock workflow an operator terminated starts anew,
+            # and a live lock ignores a request it already queued.
+            holder = await workflow.execute_activity_method(
+                LockActivities.request_lock,
+                req,
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=5)),
+                summary=f"lock {target}",
+            )
+            # None, or this release: the grant is on its way, nothing to tell.
+            if holder not in (None, step.release_key) and not told and req.lock_id not in self.granted:
+                told = True
+                await self._report(step, "waiting", "lock", note=f"{target}: held by {holder}")
+            try:
+                await workflow.wait_condition(lambda: req.lock_id in self.granted, timeout=LOCK_REQUEST_AGAIN)
+            except TimeoutError:
+                continue
 
     async def _release(self, req: LockRequest) -> None:
         self.held.remove(req)
         self.granted.discard(req.lock_id)
-        await workflow.get_external_workflow_handle(req.lock_id).signal(TargetLockWorkflow.release, req)
+        try:
+            await workflow.get_external_workflow_handle(req.lock_id).signal(TargetLockWorkflow.release, req)
+        except ApplicationError as err:
+            # A lock workflow an operator terminated holds nothing any more.
+            if err.type != "ExternalWorkflowExecutionNotFound":
+                raise
 
     @workflow.signal
     def lock_granted(self, lock: str) -> None:
