@@ -196,10 +196,33 @@ async def test_a_terminated_release_does_not_keep_its_lock(ts_env: WorkflowEnvir
 
     async with in_process_worker(ts_env, rm, replace=deploy) as tq:
         first = await start(ts_env, tq, "RELEASE-JAN-24-ALPHA-DEV")
-        await in_flight.wait()  # it holds DEV/frontend now
+        await in_flight.wait()  # it holds artifactory/frontend and DEV/frontend now
         await first.terminate("an operator pulled the plug")
         go_on.set()
         second = await start(ts_env, tq, "RELEASE-NOV-23-INITIAL")
         result = await asyncio.wait_for(second.result(), 60)
     assert result.status == "SUCCESS"
     assert "frontend-1.0" in rm.contents("PROD")
+
+
+async def test_a_release_whose_lock_was_terminated_goes_on(ts_env: WorkflowEnvironment, tmp_path: Path) -> None:
+    rm = catalog_with(tmp_path)
+    in_flight, go_on = asyncio.Event(), asyncio.Event()
+
+    @activity.defn
+    async def deploy(step: StepInput) -> StepResult:
+        if step.deploy.container_id == "frontend" and step.env == "DEV":
+            in_flight.set()
+            await go_on.wait()
+        artifact, _ = await asyncio.to_thread(rm.deploy, step)
+        return StepResult(artifact=artifact, attempt=1)
+
+    async with in_process_worker(ts_env, rm, replace=deploy) as tq:
+        release = await start(ts_env, tq, "RELEASE-JAN-24-ALPHA-DEV")
+        await in_flight.wait()  # it holds artifactory/frontend and DEV/frontend
+        lock = ts_env.client.get_workflow_handle(f"lock/{tq}/artifactory/frontend")
+        await lock.terminate("an operator cleared the lock")
+        go_on.set()
+        # Releasing a lock that is gone is not an error: the release ends as it would have.
+        assert (await asyncio.wait_for(release.result(), 60)).status == "SUCCESS"
+    assert rm.contents("DEV") == ["backendforfrontend-1.8", "frontend-1.2", "sbstore-1.8"]
