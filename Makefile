@@ -18,13 +18,15 @@ alive = [ -f $(1) ] && ps -o stat= -p "$$(cat $(1))" 2>/dev/null | grep -qv '^Z'
 DETACH := $(shell command -v setsid 2>/dev/null) nohup
 WORKSPACE := $(or $(RELEASE_WORKSPACE),.)
 
-.PHONY: help install demo server worker release stop stop-worker kill-worker test chaos histories screenshots lint clean-workspace
+.PHONY: help install demo server worker release stop stop-worker kill-worker test chaos faults mutation histories screenshots lint clean-workspace
 
 help:
 	@echo "make demo    install, start a dev server and a worker, run the INITIAL release"
 	@echo "make test    install and run the whole test suite"
 	@echo "make stop    stop the worker and dev server that make started"
 	@echo "make chaos   kill workers and restart the server during a release; print the figures"
+	@echo "make faults  plant known faults in a copy of the repo, one at a time; each must fail a test"
+	@echo "make mutation  mutation testing of the core modules; prints the score per file and the survivors"
 	@echo "make server | worker | stop-worker | kill-worker | release KEY=... | histories | screenshots | lint | clean-workspace"
 
 $(STAMP): pyproject.toml
@@ -110,12 +112,18 @@ stop-worker:
 kill-worker:
 	@$(call stop_pid,worker,-9)
 
+# Tests mostly wait (on servers, timers, other processes), so they run TEST_WORKERS at a time.
+TEST_WORKERS ?= 4
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS)
 
 # The durability proof alone: worker kills and a server restart during a release (CHAOS_SEED=n repeats one).
 chaos: $(STAMP)
 	$(PY) -m pytest tests/test_chaos.py
+
+# Faults that once went unnoticed, planted again in a copy of the repo: each must fail a test.
+faults: $(STAMP)
+	$(PY) -m tests.planted_faults $(ARGS)
 
 # Re-record the replay tests' histories; only for a deliberate, versioned workflow change.
 histories: $(STAMP)

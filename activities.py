@@ -34,8 +34,12 @@ def step_summary(verb: str, step: StepInput) -> str:
 
 class ReleaseActivities:
     def __init__(self, rm: ReleaseManagement, failures: FailureInjector | None = None) -> None:
+        """failures also strike rm's steps between their effect and their ledger line (FAILURE_AT=effect):
+        they are hooked into rm.after_effect, unless rm was given a hook of its own."""
         self.rm = rm
         self.failures = failures or FailureInjector("never")
+        if rm.after_effect is None or isinstance(getattr(rm.after_effect, "__self__", None), ReleaseActivities):
+            rm.after_effect = self._after_effect
 
     def all(self) -> list[Callable[..., Any]]:
         """Every activity, for registering on a worker."""
@@ -94,9 +98,17 @@ class ReleaseActivities:
         def run() -> StepResult:
             self.failures.maybe_fail(what, attempt, key=step.release_key)
             outcome = getattr(self.rm, verb)(step, attempt=attempt, progress=activity.heartbeat)
+            # The ledger line is written: a strike here (FAILURE_AT=end) makes Temporal run a
+            # step again that is applied and recorded.
+            self.failures.maybe_fail(what, attempt, key=step.release_key, point="end")
             return StepResult(artifact=outcome.artifact, attempt=attempt, applied=outcome.applied)
 
         return self._run(what, run)
+
+    def _after_effect(self, verb: str, step: StepInput, attempt: int) -> None:
+        # The effect is in place, its ledger line not yet: a strike here (FAILURE_AT=effect) is
+        # a crash that leaves an applied step unrecorded, for the retry to find and claim.
+        self.failures.maybe_fail(step_summary(verb, step), attempt, key=step.release_key, point="effect")
 
     def _run(self, what: str, fn: Callable[[], T]) -> T:
         done: list[T] = []

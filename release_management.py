@@ -211,13 +211,26 @@ class Catalog(BaseModel):
     releases: list[CatalogRelease]
 
 
-class ReleaseManagement:
-    """Releases as data (the catalog) and the folders artifacts move through."""
+# Called by a step once its effect is in place, before its ledger line: (verb, step, attempt).
+AfterEffect = Callable[[str, StepInput, int], None]
 
-    def __init__(self, workspace: Path, catalog: Path, step_seconds: float = 0.0) -> None:
+
+class ReleaseManagement:
+    """Releases as data (the catalog) and the folders artifacts move through.
+
+    after_effect, if set, is called by each step once its effect is in place (put there by
+    this execution or an earlier one) and before its ledger line is written: the window in
+    which a crash leaves an applied step unrecorded. Fault injection strikes there
+    (FAILURE_AT=effect), so that tests make a retry really run an applied step again.
+    """
+
+    def __init__(
+        self, workspace: Path, catalog: Path, step_seconds: float = 0.0, after_effect: AfterEffect | None = None
+    ) -> None:
         self.workspace = workspace
         self.catalog_path = catalog
         self.step_seconds = step_seconds
+        self.after_effect = after_effect
         self.artifactory = workspace / "artifactory"
         self.ledger = Ledger(workspace / "ledger.jsonl")
 
@@ -348,6 +361,7 @@ class ReleaseManagement:
         applied = not artifact.exists() or artifact.read_bytes() != content
         if applied:
             atomic_write(artifact, content)
+        self._effect_in_place("build", step, attempt)
         return StepOutcome(artifact.name, self._record(step, "build", attempt, started, applied))
 
     def deploy(self, step: StepInput, attempt: int = 1, progress: Callable[[], None] = _noop) -> StepOutcome:
@@ -388,6 +402,7 @@ class ReleaseManagement:
                 except FileNotFoundError:
                     continue
                 applied = True
+        self._effect_in_place("deploy", step, attempt)
         return StepOutcome(name, self._record(step, "deploy", attempt, started, applied))
 
     def test(self, step: StepInput, attempt: int = 1, progress: Callable[[], None] = _noop) -> StepOutcome:
@@ -415,6 +430,7 @@ class ReleaseManagement:
                 "finished_at": _now(),
             }
             atomic_write(report, (json.dumps(body, indent=2, sort_keys=True) + "\n").encode())
+        self._effect_in_place("test", step, attempt)
         return StepOutcome(name, self._record(step, "test", attempt, started, applied))
 
     def _source(self, env: str) -> tuple[Path, str]:
@@ -422,6 +438,10 @@ class ReleaseManagement:
         if i == 0:
             return self.artifactory, "the artifactory"
         return self.env_dir(ENVIRONMENTS[i - 1]), ENVIRONMENTS[i - 1]
+
+    def _effect_in_place(self, verb: str, step: StepInput, attempt: int) -> None:
+        if self.after_effect is not None:
+            self.after_effect(verb, step, attempt)
 
     def _work(self, progress: Callable[[], None]) -> None:
         # Simulated work, in short slices so the caller can report liveness.

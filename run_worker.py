@@ -72,6 +72,9 @@ SETTING_NAMES = (
     "FAILURE_SEED",
     "DEMO_STEP_SECONDS",
 )
+# Fault hooks for tests and demos, listed after the others only when set to other than their
+# default, so the settings line of an ordinary worker reads as it always did.
+HOOK_DEFAULTS = {"FAILURE_AT": "start", "FAILURE_ACTION": "raise"}
 DEFAULT_STATE = ".temporal"
 
 
@@ -86,7 +89,10 @@ def settings_of(settings: Settings, target: dict) -> dict[str, str]:
         "FAILURE_SEED": "" if settings.failure_seed is None else str(settings.failure_seed),
         "DEMO_STEP_SECONDS": f"{settings.step_seconds:g}",
     }
-    return {name: values[name] for name in SETTING_NAMES}
+    hooks = {"FAILURE_AT": ",".join(settings.failure_at), "FAILURE_ACTION": settings.failure_action}
+    return {name: values[name] for name in SETTING_NAMES} | {
+        name: value for name, value in hooks.items() if value != HOOK_DEFAULTS[name]
+    }
 
 
 def settings_line(values: dict[str, str]) -> str:
@@ -116,6 +122,8 @@ def check_running(state: str, wanted: dict[str, str]) -> int:
             "with these"
         )
         return 0
+    # A hook left out of a settings line has its default value.
+    running, wanted = HOOK_DEFAULTS | running, HOOK_DEFAULTS | wanted
     differ = [name for name in wanted if running.get(name) != wanted[name]]
     if not differ:
         print(f"Worker already running (pid {pid}, log: {state}/worker.log)")
@@ -167,7 +175,11 @@ async def main(argv: list[str]) -> int:
         )
         return 3
     rm = ReleaseManagement(settings.workspace, settings.catalog, settings.step_seconds)
-    acts = ReleaseActivities(rm, FailureInjector(settings.failure_rate, settings.failure_seed))
+    failures = FailureInjector(
+        settings.failure_rate, settings.failure_seed, at=settings.failure_at, action=settings.failure_action
+    )
+    # The activities hook the injector into the steps too, for FAILURE_AT=effect.
+    acts = ReleaseActivities(rm, failures)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -190,13 +202,21 @@ async def main(argv: list[str]) -> int:
                 # The pid tells `make worker` this line is its worker's, not an earlier one's.
                 f"Worker ready (pid {os.getpid()}): {target['target_host']} namespace {target['namespace']}, "
                 f"task queue {settings.task_queue}, workspace {settings.workspace}, "
-                f"failures {settings.failure_rate}, step {settings.step_seconds:g}s. Ctrl+C stops it.",
+                f"failures {settings.failure_rate}{_hooks(settings)}, step {settings.step_seconds:g}s. "
+                "Ctrl+C stops it.",
                 flush=True,
             )
             await stop.wait()
             print("Worker stopping: letting steps in flight finish...", flush=True)
     print("Worker stopped.", flush=True)
     return 0
+
+
+def _hooks(settings: Settings) -> str:
+    """Where failures strike and what they do, for the ready line; nothing when it is the default."""
+    at = "" if settings.failure_at == ("start",) else f" at {','.join(settings.failure_at)}"
+    action = "" if settings.failure_action == "raise" else f" ({settings.failure_action})"
+    return at + action
 
 
 if __name__ == "__main__":

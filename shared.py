@@ -309,6 +309,12 @@ def render_progress(state: ReleaseState) -> str:
 
 
 FAILURE_RATES: dict[str, float] = {"never": 0.0, "rarely": 0.1, "sometimes": 0.3, "alot": 0.6}
+# Where in a step FAILURE_RATE strikes: before its work (start), once its effect is in place but
+# not its ledger line (effect), or once the ledger line is written but the step has not returned
+# (end). The last two make a retry run again a step whose effect is already applied.
+FAILURE_POINTS = ("start", "effect", "end")
+# What a strike does: raise a SimulatedFailure (retried), or end the worker process at once, as a kill would.
+FAILURE_ACTIONS = ("raise", "exit")
 
 
 @dataclass(frozen=True)
@@ -319,6 +325,8 @@ class Settings:
     failure_rate: str
     failure_seed: int | None
     step_seconds: float
+    failure_at: tuple[str, ...] = ("start",)
+    failure_action: str = "raise"
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -330,6 +338,10 @@ class Settings:
         seed = env.get("FAILURE_SEED", "").strip()
         if seed and not seed.lstrip("-").isdigit():
             raise ValueError(f"FAILURE_SEED={seed!r} is not a whole number")
+        failure_at = parse_failure_at(env.get("FAILURE_AT", ""))
+        action = env.get("FAILURE_ACTION", "").strip().lower() or "raise"
+        if action not in FAILURE_ACTIONS:
+            raise ValueError(f"FAILURE_ACTION={clip(action)!r} is not one of {', '.join(FAILURE_ACTIONS)}")
         step = env.get("DEMO_STEP_SECONDS", "3").strip()
         try:
             step_seconds = float(step)
@@ -346,7 +358,21 @@ class Settings:
             failure_rate=rate,
             failure_seed=int(seed) if seed else None,
             step_seconds=step_seconds,
+            failure_at=failure_at,
+            failure_action=action,
         )
+
+
+def parse_failure_at(value: str) -> tuple[str, ...]:
+    """FAILURE_AT's points, in FAILURE_POINTS order without repeats; empty means start (the default)."""
+    asked = [p.strip().lower() for p in value.split(",") if p.strip()] or ["start"]
+    unknown = [p for p in asked if p not in FAILURE_POINTS]
+    if unknown:
+        raise ValueError(
+            f"FAILURE_AT={clip(value)!r}: {clip(unknown[0])!r} is not one of {', '.join(FAILURE_POINTS)} "
+            "(a comma list, say effect,end)"
+        )
+    return tuple(p for p in FAILURE_POINTS if p in asked)
 
 
 def describe_validation_error(err: ValueError) -> str:

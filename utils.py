@@ -7,6 +7,7 @@ import random
 import shlex
 import shutil
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import NoReturn
 
@@ -16,7 +17,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.envconfig import ClientConfigProfile
 from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 
-from shared import FAILURE_RATES, REPO_ROOT
+from shared import FAILURE_ACTIONS, FAILURE_POINTS, FAILURE_RATES, REPO_ROOT
 
 
 class SimulatedFailure(RuntimeError):
@@ -26,25 +27,57 @@ class SimulatedFailure(RuntimeError):
 class FailureInjector:
     """Fails a step with the probability of FAILURE_RATE: never, rarely, sometimes, alot.
 
-    With a seed the same step at the same attempt always fails or succeeds the
+    `at` names the points of a step where the rate applies (FAILURE_AT: start, effect, end;
+    see shared.FAILURE_POINTS), each drawn on its own. `action` says what a strike does
+    (FAILURE_ACTION): raise a SimulatedFailure, or exit, ending the worker process at once
+    as if it were killed, wherever the step stands.
+
+    With a seed the same step at the same attempt and point always fails or succeeds the
     same way, whatever order workers run steps in, so a failing run can be replayed.
     """
 
-    def __init__(self, rate: str = "never", seed: int | None = None) -> None:
+    def __init__(
+        self, rate: str = "never", seed: int | None = None, at: Iterable[str] = ("start",), action: str = "raise"
+    ) -> None:
         if rate not in FAILURE_RATES:
             raise ValueError(f"failure rate {rate!r} is not one of {', '.join(FAILURE_RATES)}")
+        at = tuple(at)
+        if unknown := [p for p in at if p not in FAILURE_POINTS]:
+            raise ValueError(f"failure point {unknown[0]!r} is not one of {', '.join(FAILURE_POINTS)}")
+        if action not in FAILURE_ACTIONS:
+            raise ValueError(f"failure action {action!r} is not one of {', '.join(FAILURE_ACTIONS)}")
         self.rate = rate
         self.probability = FAILURE_RATES[rate]
         self.seed = seed
+        self.at = frozenset(at)
+        self.action = action
 
-    def maybe_fail(self, what: str, attempt: int, key: str = "") -> None:
-        """Raise SimulatedFailure for step `what`; `key` further identifies it for the seed."""
-        if self.probability <= 0:
+    def maybe_fail(self, what: str, attempt: int, key: str = "", point: str = "start") -> None:
+        """Strike step `what` at `point` with the rate's probability; `key` further identifies it for the seed."""
+        if self.probability <= 0 or point not in self.at:
             return
         seeded = self.seed is not None
-        rng = random.Random(f"{self.seed}|{key}|{what}|{attempt}") if seeded else random
+        # The start point keeps the draw it always had, so a seed chosen before FAILURE_AT
+        # existed still fails the same attempts.
+        where = "" if point == "start" else f"|{point}"
+        rng = random.Random(f"{self.seed}|{key}|{what}|{attempt}{where}") if seeded else random
         if rng.random() < self.probability:
-            raise SimulatedFailure(f"simulated failure ({self.rate}): {what}, attempt {attempt}")
+            self.strike(f"simulated failure ({self.rate}){_AFTER[point]}: {what}, attempt {attempt}")
+
+    def strike(self, message: str) -> None:
+        if self.action == "exit":
+            # As a kill would: no cleanup, no activity completion, no graceful shutdown. One
+            # line first, so the worker's log says why it died.
+            print(f"{message}: the worker exits ({EXIT_CODE}), as if killed", file=sys.stderr, flush=True)
+            os._exit(EXIT_CODE)
+        raise SimulatedFailure(message)
+
+
+# How a failure's message says where it struck (a failure at start reads as it always did).
+_AFTER = {"start": "", "effect": " after the effect, before the ledger line", "end": " after the ledger line"}
+
+# The exit code of a worker ended by FAILURE_ACTION=exit, so a test tells it from a crash.
+EXIT_CODE = 86
 
 
 # Variables that load_env_file took from the .env file. A hint that starts a worker repeats

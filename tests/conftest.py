@@ -33,7 +33,9 @@ def rm(tmp_path: Path) -> ReleaseManagement:
     return ReleaseManagement(tmp_path, CATALOG)
 
 
-@pytest.fixture(scope="session")
+# A server per test: it starts in a fraction of a second, and no test can then see another's
+# workflows (a release left running, a time-skipping clock held by a test that stopped).
+@pytest.fixture
 async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
     env = await WorkflowEnvironment.start_time_skipping(
         data_converter=pydantic_data_converter,
@@ -43,9 +45,9 @@ async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
     await env.shutdown()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 async def dev_server() -> AsyncIterator[WorkflowEnvironment]:
-    """A real Temporal dev server (the temporal CLI) on a free port, shared by the end-to-end tests."""
+    """A real Temporal dev server (the temporal CLI) on a free port, this test's own."""
     env = await WorkflowEnvironment.start_local(
         data_converter=pydantic_data_converter,
         dev_server_existing_path=installed_binary("temporal"),
@@ -63,10 +65,27 @@ _exit_status = 0
 _proof_lines: list[str] = []
 
 
+class ProofLines:
+    """Lines a test wants shown at the end of the run, such as the chaos proof's figures.
+
+    They travel on the test's report, so they reach the summary from an xdist worker too.
+    """
+
+    def __init__(self, node: pytest.Item) -> None:
+        self.node = node
+
+    def append(self, line: str) -> None:
+        self.node.user_properties.append(("proof", line))
+
+
 @pytest.fixture
-def proof_lines() -> list[str]:
-    """Lines a test wants shown at the end of the run, such as the chaos proof's figures."""
-    return _proof_lines
+def proof_lines(request: pytest.FixtureRequest) -> ProofLines:
+    return ProofLines(request.node)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call":
+        _proof_lines.extend(str(value) for key, value in report.user_properties if key == "proof")
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -9,9 +9,9 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 from temporalio import activity
@@ -81,6 +81,30 @@ class WorkerProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
         return self.proc.wait(timeout)
+
+    def stop_quietly(self) -> int | None:
+        """Stop for cleanup: Ctrl+C, then SIGKILL if that fails; the exit code, or None if killed.
+
+        Never raises, so a test's own failure is the one reported.
+        """
+        if self.proc is None:
+            return None
+        try:
+            return self.stop()
+        except Exception:
+            self.proc.kill()
+            self.proc.wait()
+            return None
+
+
+@contextmanager
+def stopped_at_the_end(workers: list[WorkerProcess]) -> Iterator[list[WorkerProcess]]:
+    """Workers that are stopped when the block ends, however it ends; add restarted ones to the list."""
+    try:
+        yield workers
+    finally:
+        for worker in workers:
+            worker.stop_quietly()
 
 
 async def run_script(args: list[str], env: dict[str, str], limit: float = 120) -> tuple[int, str]:

@@ -6,6 +6,14 @@ attempts fail by injection, come from a fixed seed, so CI runs the same chaos ea
 CHAOS_SEED picks another to explore, or replays one. Strikes are aimed at steps at work, never
 at an idle worker.
 
+Two phases. First the worker dies of its own accord inside steps' effect window
+(FAILURE_ACTION=exit), in turn with FAILURE_AT=effect, right after a step's effect is in place
+and before its ledger line, and FAILURE_AT=end, right after its ledger line and before the
+step completes; the test restarts it each time, CHAOS_EXITS times (default 3). Kills from outside cannot aim at
+that window, a few milliseconds wide. Then, with failures raised at the start of steps
+(FAILURE_AT=start), the test kills the worker CHAOS_KILLS times (default 5) and restarts the
+server once, each strike aimed at steps in flight.
+
 Effects are counted by an inotify observer in this process (tests/observer.py), not by the
 ledger the worker writes: only a count taken outside the code under test can show a duplicate.
 """
@@ -35,15 +43,18 @@ from temporalio.testing import WorkflowEnvironment
 
 from release_management import build_content
 from shared import ENVIRONMENTS
-from tests.conftest import REPO, installed_binary
+from tests.conftest import REPO, ProofLines, installed_binary
 from tests.observer import LandingObserver
 from tests.support import WorkerProcess, script_env, task_queue
+from utils import EXIT_CODE
 from workflows import RELEASE_KEY, RELEASE_STATUS
 
 KEY = "RELEASE-NOV-23-INITIAL"
 ARTIFACTS = ["backendforfrontend-1.0", "frontend-1.0", "sbstore-1.0"]
 STEPS = ("build", "deploy", "test")
 WORKER_KILLS = int(os.environ.get("CHAOS_KILLS", "5"))
+# Deaths of the worker inside steps' effect window, in the first phase.
+WORKER_EXITS = int(os.environ.get("CHAOS_EXITS", "3"))
 # Fixed, so CI runs the same chaos each time; any other value explores other timings.
 DEFAULT_SEED = 1
 STEP_SECONDS = 1.5
@@ -113,7 +124,7 @@ def test_observer_sees_a_file_landing_twice(tmp_path: Path) -> None:
 
 
 async def test_release_survives_worker_kills_and_a_server_restart(
-    server: RestartableServer, tmp_path: Path, proof_lines: list[str]
+    server: RestartableServer, tmp_path: Path, proof_lines: ProofLines
 ) -> None:
     seed = int(os.environ.get("CHAOS_SEED") or DEFAULT_SEED)
     rng = random.Random(seed)
@@ -129,18 +140,32 @@ async def test_release_survives_worker_kills_and_a_server_restart(
         FAILURE_SEED=str(seed),
         DEMO_STEP_SECONDS=str(STEP_SECONDS),
     )
+    # The first phase's workers end themselves with os._exit between a step's effect and its
+    # completion: in turn right after an effect (no ledger line yet), then right after a ledger line.
+    points = ["effect", "end"]
+
+    def exiting(n: int) -> dict[str, str]:
+        return {**env, "FAILURE_AT": points[n % 2], "FAILURE_ACTION": "exit"}
+
     log = tmp_path / "worker.log"
 
     observer = LandingObserver(workspace, WATCHED).start()
     worker: WorkerProcess | None = None
     starter: asyncio.subprocess.Process | None = None
-    kills = restarts = in_flight = 0
+    exits = kills = restarts = in_flight = 0
     try:
-        worker_up = datetime.now(UTC)
-        worker = await asyncio.to_thread(WorkerProcess(env, log).start)
+        worker = await asyncio.to_thread(WorkerProcess(exiting(0) if WORKER_EXITS else env, log).start)
         started = time.monotonic()
         starter = await _start_release(env)
         release = asyncio.create_task(starter.communicate())
+        while exits < WORKER_EXITS:
+            code = await _death(worker, release)
+            if code is None:
+                break  # the release ended first
+            assert code == EXIT_CODE, f"the worker died with {code}, not by FAILURE_ACTION=exit:\n{_tail(log)}"
+            exits += 1
+            worker = await asyncio.to_thread(WorkerProcess(exiting(exits) if exits < WORKER_EXITS else env, log).start)
+        worker_up = datetime.now(UTC)
         while kills < WORKER_KILLS or restarts < 1:
             # Strike only while work is in flight: once the release has moved on since the last
             # strike (the ledger grew), aim part-way into a step this worker is working on.
@@ -168,14 +193,20 @@ async def test_release_survives_worker_kills_and_a_server_restart(
         if starter is not None and starter.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 starter.kill()
-        worker_exit = _stop_quietly(worker)
+        worker_exit = worker.stop_quietly() if worker is not None else None
         observer.stop()
 
     out = raw.decode()
     assert starter is not None
     assert starter.returncode == 0, out
     assert f"Result: Release {KEY}: SUCCESS" in out
+    assert exits == WORKER_EXITS, f"the release ended after {exits} of {WORKER_EXITS} exits (seed {seed})"
     assert kills >= WORKER_KILLS and restarts == 1, f"the release ended before the chaos did (seed {seed})"
+    # Where each exit struck, as the dying worker said: after an effect, or after a ledger line.
+    text = log.read_text()
+    after_effect = text.count("after the effect, before the ledger line: ")
+    after_line = text.count("after the ledger line: ")
+    assert (after_effect, after_line) == ((exits + 1) // 2, exits // 2), _tail(log)
     assert worker_exit == 0, f"the last worker did not stop cleanly on Ctrl+C:\n{log.read_text()[-3000:]}"
 
     # Effects, as the kernel saw them land: each exactly once.
@@ -194,7 +225,9 @@ async def test_release_survives_worker_kills_and_a_server_restart(
     release_info = {d.container_id: d for d in _catalog_deploys(workspace)}
     for name in ENVIRONMENTS:
         folder = workspace / "environments" / name
-        assert sorted(p.name for p in folder.iterdir()) == ARTIFACTS, f"{name} (seed {seed})"
+        # A worker that dies mid-write leaves its hidden temporary file; what is in place is what counts.
+        placed = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+        assert placed == ARTIFACTS, f"{name} (seed {seed})"
         for artifact in ARTIFACTS:
             expected = build_content(release_info[artifact.rsplit("-", 1)[0]], KEY)
             assert (folder / artifact).read_bytes() == expected, f"partial {name}/{artifact} (seed {seed})"
@@ -211,6 +244,10 @@ async def test_release_survives_worker_kills_and_a_server_restart(
     assert not not_once, f"applied more than once, says the ledger: {not_once} (seed {seed})"
     assert not unapplied, f"executed but never applied, says the ledger: {sorted(unapplied)} (seed {seed})"
     assert len(applied) == steps, f"{len(applied)} steps applied, expected {steps} (seed {seed})"
+    # Each exit after a ledger line left an applied, recorded step that ran again and found its work done.
+    assert len(executions) - len(applied) >= after_line, (
+        f"a step run again after its ledger line was not recorded (seed {seed})"
+    )
 
     history = await _step_attempts(server.client, f"release-{KEY}")
     assert len(history) == steps, f"{len(history)} step activities in history, expected {steps}"
@@ -219,7 +256,9 @@ async def test_release_survives_worker_kills_and_a_server_restart(
     # Temporal's side of the strikes: some step's attempt ended in a heartbeat timeout, its worker dead under it.
     assert cut_off >= 1, f"no step was cut off by a kill or the restart (seed {seed})"
     proof_lines.append(
-        f"chaos proof: {kills} worker kills, {restarts} server restart survived, striking {in_flight} steps in flight; "
+        f"chaos proof: {exits} worker exits inside a step's effect window ({after_effect} after the effect, "
+        f"{after_line} after the ledger line), "
+        f"{kills} worker kills, {restarts} server restart survived, striking {in_flight} steps in flight; "
         f"{len(applied)} steps executed in {attempts} attempts ({attempts - steps} retries), "
         f"{len(executions)} executions in the ledger ({len(executions) - len(applied)} found their work done); "
         f"{len(artifacts)} artifacts + {len(reports)} reports landed once each, {duplicates} landed twice "
@@ -239,6 +278,20 @@ async def _start_release(env: dict[str, str]) -> asyncio.subprocess.Process:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
+
+
+async def _death(worker: WorkerProcess, release: asyncio.Task[tuple[bytes, bytes]], limit: float = 120) -> int | None:
+    """Wait for the worker to end by itself; its exit code, or None if the release ended first."""
+    assert worker.proc is not None
+    ended = asyncio.create_task(asyncio.to_thread(worker.proc.wait))
+    async with asyncio.timeout(limit):
+        await asyncio.wait({ended, release}, return_when=asyncio.FIRST_COMPLETED)
+    # Ended wins a tie: a worker that died as the release ended did die.
+    return ended.result() if ended.done() else None
+
+
+def _tail(log: Path) -> str:
+    return log.read_text()[-3000:]
 
 
 def _identity(entry: dict[str, object]) -> tuple[object, ...]:
@@ -312,18 +365,6 @@ async def _working_steps(client: Client, since: datetime) -> list[datetime]:
             if started >= since and a.last_heartbeat_time.ToDatetime(tzinfo=UTC) >= started:
                 starts.append(started)
     return starts
-
-
-def _stop_quietly(worker: WorkerProcess | None) -> int | None:
-    """Ctrl+C the worker, killing it if it does not stop; its exit code, or None if it had to be killed."""
-    if worker is None or worker.proc is None:
-        return None
-    try:
-        return worker.stop()
-    except Exception:
-        worker.proc.kill()
-        worker.proc.wait()
-        return None
 
 
 class StepAttempts(NamedTuple):

@@ -45,6 +45,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
@@ -342,17 +343,17 @@ async def check(steps: list[Step], tmp: Path) -> None:
         await env.shutdown()
 
 
-async def test_documented_commands_print_what_the_docs_show(tmp_path: Path) -> None:
-    assert DOCS, "no doc has a console block"
-    sessions = [
-        (steps, tmp_path / f"{doc.removesuffix('.md')}-{n}")
-        for doc in DOCS
-        for n, steps in enumerate(parse(REPO / doc), start=1)
+def sessions() -> list[tuple[str, list[Step]]]:
+    return [
+        (f"{doc.removesuffix('.md')}-{n}", steps) for doc in DOCS for n, steps in enumerate(parse(REPO / doc), start=1)
     ]
-    # Each session has a server of its own, so they run side by side.
-    outcomes = await asyncio.gather(*(check(steps, tmp) for steps, tmp in sessions), return_exceptions=True)
-    for outcome in outcomes:
-        if isinstance(outcome, BaseException) and not isinstance(outcome, AssertionError):
-            raise outcome
-    failed = [str(outcome) for outcome in outcomes if isinstance(outcome, AssertionError)]
-    assert not failed, "\n\n".join(failed)
+
+
+def test_the_docs_have_console_blocks() -> None:
+    assert DOCS and sessions(), "no doc has a console block"
+
+
+# One test per session: each has a server of its own, so the sessions run side by side (pytest -n).
+@pytest.mark.parametrize("steps", [pytest.param(steps, id=name) for name, steps in sessions()])
+async def test_documented_commands_print_what_the_docs_show(steps: list[Step], tmp_path: Path) -> None:
+    await check(steps, tmp_path / "session")

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+import release_management
 from release_management import Ledger, ReleaseManagement, identity_of
 from shared import StepInput
 
@@ -120,3 +125,52 @@ def test_steps_go_on_past_unreadable_lines(rm: ReleaseManagement, tmp_path: Path
     entries, unreadable = rm.ledger.read()
     assert [(e["step"], e["applied"]) for e in entries] == [("build", True), ("build", False)]
     assert unreadable == [1, 2]
+
+
+# Another process asking for the ledger's lock without waiting: exit 0 if it got it, 3 if refused.
+PROBE = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+except BlockingIOError:
+    sys.exit(3)
+sys.exit(0)
+"""
+
+
+def another_process_gets_the_lock(path: Path) -> bool:
+    code = subprocess.run([sys.executable, "-c", PROBE, str(path)], timeout=30).returncode
+    assert code in (0, 3), f"the probe failed (exit {code})"
+    return code == 0
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda ledger: ledger.record(line(1)),
+        lambda ledger: ledger.record_unless_claimed({k: v for k, v in line(1).items() if k != "applied"}),
+    ],
+    ids=["record", "record_unless_claimed"],
+)
+def test_another_process_cannot_take_the_lock_while_a_line_is_appended(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write: Callable[[Ledger], object]
+) -> None:
+    """Workers on one workspace are separate processes: the append's lock must hold them off, not only threads."""
+    ledger = Ledger(tmp_path / "ledger.jsonl")
+    ledger.record(line(0, applied=False))
+    real_fsync = os.fsync
+    probed: list[bool] = []
+
+    def probe_then_fsync(fd: int) -> None:
+        # Called inside the append, with the line written and the lock held: ask from outside now.
+        probed.append(another_process_gets_the_lock(ledger.path))
+        real_fsync(fd)
+
+    with monkeypatch.context() as m:
+        m.setattr(release_management.os, "fsync", probe_then_fsync)
+        write(ledger)
+    assert probed == [False], "another process took the ledger's lock in the middle of an append"
+    # Once the append is done the lock is free: the probe can succeed, so its refusal above means something.
+    assert another_process_gets_the_lock(ledger.path)
+    assert len(ledger.entries()) == 2

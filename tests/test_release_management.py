@@ -82,6 +82,21 @@ def test_each_promotion_takes_from_the_environment_before(rm: ReleaseManagement)
         assert rm.test(s.model_copy(update={"env": env})) == ("frontend-1.0", True)
 
 
+def test_a_promotion_takes_from_the_environment_just_before_not_from_dev(rm: ReleaseManagement, tmp_path: Path) -> None:
+    s = step(rm, "RELEASE-NOV-23-INITIAL", "frontend", "DEV")
+    rm.build(s)
+    rm.deploy(s)
+    # DEV holds the artifact, TEST does not: QC has nothing tested in TEST to take.
+    with pytest.raises(MissingArtifact, match=r"^cannot deploy frontend 1.0 to QC: TEST does not hold frontend-1.0$"):
+        rm.deploy(s.model_copy(update={"env": "QC"}))
+    assert rm.contents("QC") == []
+    rm.deploy(s.model_copy(update={"env": "TEST"}))
+    # What QC gets is TEST's copy: marked here, so a copy from DEV would show.
+    (tmp_path / "environments" / "TEST" / "frontend-1.0").write_bytes(b"as TEST holds it")
+    rm.deploy(s.model_copy(update={"env": "QC"}))
+    assert (tmp_path / "environments" / "QC" / "frontend-1.0").read_bytes() == b"as TEST holds it"
+
+
 def test_promotion_without_source_fails_clearly(rm: ReleaseManagement) -> None:
     with pytest.raises(MissingArtifact, match=r"cannot deploy sbstore 1.8 to PROD: QC does not hold sbstore-1.8"):
         rm.deploy(step(rm, "RELEASE-JAN-24-ALPHA-PROD", "sbstore", "PROD"))
@@ -218,6 +233,9 @@ def test_no_temporary_files_are_left_behind(rm: ReleaseManagement, tmp_path: Pat
         ("container_id", "", "container id '' is invalid"),
         ("version", "../../etc", "version '../../etc' is invalid"),
         ("version", "1.0-rc1", "version '1.0-rc1' is invalid"),
+        # Accepted by the patterns alone; refused by the '..' rule.
+        ("container_id", "a..b", "container id 'a..b' is invalid"),
+        ("version", "1..2", "version '1..2' is invalid"),
         ("environments", ["STAGING"], "environments.0"),
         ("environments", [], "environments"),
         ("environments", ["DEV", "PROD"], "must be consecutive"),
@@ -240,48 +258,60 @@ def test_bad_deploys_are_rejected(field: str, value: object, message: str) -> No
 
 
 def test_bad_release_keys_are_rejected() -> None:
-    for key in ("", "../x", "a b", "x/y"):
+    for key in ("", "../x", "a b", "x/y", "R..1"):
         with pytest.raises(ValidationError, match="release key"):
             ReleaseInfo(release_key=key)
 
 
-def test_a_bad_container_id_never_writes_outside_the_workspace(tmp_path: Path) -> None:
-    workspace = tmp_path / "ws"
+def test_a_bad_container_id_in_the_catalog_is_a_catalog_error(tmp_path: Path) -> None:
     catalog = tmp_path / "catalog.json"
-    catalog.write_text(
-        json.dumps(
-            {
-                "containers": {"../escape": "https://example.invalid/x"},
-                "releases": [{"release_key": "R", "environments": ["DEV"], "versions": {"../escape": "1.0"}}],
-            }
+    for container in ("../escape", "a..b"):
+        catalog.write_text(
+            json.dumps(
+                {
+                    "containers": {container: "https://example.invalid/x"},
+                    "releases": [{"release_key": "R", "environments": ["DEV"], "versions": {container: "1.0"}}],
+                }
+            )
         )
-    )
-    rm = ReleaseManagement(workspace, catalog)
-    with pytest.raises(CatalogError, match="container id '../escape' is invalid"):
-        rm.gather_deployments("R")
-    # A client that skips validation can still send such a step: the steps check again.
-    (workspace / "artifactory").mkdir(parents=True)
-    (workspace / "artifactory" / "../escape-1.0").write_text("planted")
-    (workspace / "environments" / "DEV").mkdir(parents=True)
-    (workspace / "environments" / "DEV" / "../escape-1.0").write_text("planted")
+        with pytest.raises(CatalogError, match=f"container id '{re.escape(container)}' is invalid"):
+            ReleaseManagement(tmp_path / "ws", catalog).gather_deployments("R")
+
+
+@pytest.mark.parametrize(
+    ("container", "version", "env", "message"),
+    [
+        ("../escape", "1.0", "DEV", "container id '../escape' is invalid"),
+        ("a..b", "1.0", "DEV", "container id 'a..b' is invalid"),
+        ("frontend", "1..2", "DEV", "version '1..2' is invalid"),
+        ("frontend", "1.0", "../../..", "env: Input should be"),
+    ],
+)
+def test_a_bad_container_id_never_writes_outside_the_workspace(
+    tmp_path: Path, container: str, version: str, env: str, message: str
+) -> None:
+    """A client that skips validation can send a step with a bad id: each step checks it again, and writes nothing."""
+    workspace = tmp_path / "ws"
+    rm = ReleaseManagement(workspace, CATALOG)
+    # Sources in place wherever the unchecked names point, so only the check stops each step.
+    name = f"{container}-{version}"
+    for source in (workspace / "artifactory" / name, workspace / "environments" / "DEV" / name):
+        source.parent.mkdir(parents=True, exist_ok=True)
+        source.write_text("planted")
     before = snapshot(tmp_path)
-    fields = {"deploy_key": "R:x", "version": "1.0", "git_url": "https://example.invalid/x", "environments": ["DEV"]}
-    bad = {
-        "container id '../escape' is invalid": StepInput.model_construct(
-            release_key="R",
-            run_id=RUN,
-            deploy=DeployInfo.model_construct(container_id="../escape", **fields),
-            env="DEV",
-        ),
-        "env: Input should be": StepInput.model_construct(
-            release_key="R", run_id=RUN, deploy=DeployInfo.model_construct(container_id="x", **fields), env="../../.."
-        ),
-    }
-    for message, s in bad.items():
-        for run in (rm.build, rm.deploy, rm.test):
-            with pytest.raises(InvalidStep, match=f"^refusing to {run.__name__}: .*{re.escape(message)}"):
-                run(s)
-    assert snapshot(tmp_path) == before
+    deploy = DeployInfo.model_construct(
+        deploy_key=f"R:{container}",
+        container_id=container,
+        version=version,
+        git_url="https://example.invalid/x",
+        environments=["DEV"],
+        approved=True,
+    )
+    s = StepInput.model_construct(release_key="R", run_id=RUN, deploy=deploy, env=env)
+    for run in (rm.build, rm.deploy, rm.test):
+        with pytest.raises(InvalidStep, match=f"^refusing to {run.__name__}: .*{re.escape(message)}"):
+            run(s)
+    assert snapshot(tmp_path) == before, "a step wrote something"
 
 
 def snapshot(folder: Path) -> dict[Path, bytes | None]:
@@ -368,8 +398,9 @@ def test_approvals_are_recorded_once_however_often_the_activity_runs(rm: Release
 
 
 class FailFirst(FailureInjector):
-    def maybe_fail(self, what: str, attempt: int, key: str = "") -> None:
-        raise SimulatedFailure(f"simulated failure: {what}, attempt {attempt}")
+    def maybe_fail(self, what: str, attempt: int, key: str = "", point: str = "start") -> None:
+        if point == "start":
+            raise SimulatedFailure(f"simulated failure: {what}, attempt {attempt}")
 
 
 def frontend(rm: ReleaseManagement, env: str = "DEV") -> StepInput:

@@ -1,0 +1,327 @@
+"""No step's effect is applied twice, counted from outside the code under test.
+
+The ledger refuses a second applied line for a step, so a count taken from it cannot show a
+step applied twice. Here effects are counted as the kernel sees them land (tests/observer.py,
+inotify), while steps are made to fail right after their effect is in place (FAILURE_AT=effect)
+and after their ledger line (FAILURE_AT=end): every retry then runs a step that is applied.
+Also here: a crash in the middle of a write leaves the old version whole and nothing half-written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import subprocess
+import sys
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
+
+import release_management
+import run_worker
+from activities import ReleaseActivities
+from release_management import ReleaseManagement
+from shared import ENVIRONMENTS, ReleaseInfo, Settings, StepInput
+from tests.conftest import CATALOG, REPO
+from tests.observer import LandingObserver
+from tests.support import in_process_worker
+from utils import EXIT_CODE, FailureInjector, SimulatedFailure
+from workflows import ReleaseWorkflow
+
+KEY = "RELEASE-NOV-23-INITIAL"
+RUN = "run-1"
+ARTIFACTS = ["backendforfrontend-1.0", "frontend-1.0", "sbstore-1.0"]
+# Every folder a step writes into, made before watching so that no landing is missed.
+WATCHED = ["artifactory", "artifactory/reports", *(f"environments/{env}" for env in ENVIRONMENTS)]
+# 3 containers x (a build, then a deploy and a test in each of the 4 environments).
+STEPS = len(ARTIFACTS) * (1 + 2 * len(ENVIRONMENTS))
+
+
+def expected_landings() -> dict[str, int]:
+    """Each artifact, deployed file and test report of KEY, landed exactly once."""
+    paths = [f"artifactory/{a}" for a in ARTIFACTS]
+    paths += [f"environments/{e}/{a}" for e in ENVIRONMENTS for a in ARTIFACTS]
+    paths += [f"artifactory/reports/{a}/{e}.json" for a in ARTIFACTS for e in ENVIRONMENTS]
+    return dict.fromkeys(paths, 1)
+
+
+def watch(workspace: Path) -> LandingObserver:
+    for folder in WATCHED:
+        (workspace / folder).mkdir(parents=True, exist_ok=True)
+    return LandingObserver(workspace, WATCHED)
+
+
+def landed(observer: LandingObserver) -> dict[str, int]:
+    assert observer.problem is None, observer.problem
+    return observer.counts()
+
+
+def step_lines(rm: ReleaseManagement) -> dict[tuple[object, ...], list[tuple[object, object]]]:
+    """Per step (deploy, verb, environment): its ledger lines as (attempt, applied), in order."""
+    lines: dict[tuple[object, ...], list[tuple[object, object]]] = {}
+    for e in rm.ledger.entries():
+        lines.setdefault((e["deploy_key"], e["step"], e["env"]), []).append((e["attempt"], e["applied"]))
+    return lines
+
+
+class Crash(Exception):
+    """The process dying at this point, as seen by the code that was running."""
+
+
+def steps_of(rm: ReleaseManagement, key: str = KEY) -> list[tuple[Callable[..., object], StepInput]]:
+    """Each step of a release in an order that works: per deploy, build, then deploy and test per environment."""
+    order = []
+    for deploy in rm.gather_deployments(key).deploys:
+        for env in deploy.environments:
+            s = StepInput(release_key=key, run_id=RUN, deploy=deploy, env=env)
+            order += ([(rm.build, s)] if env == "DEV" else []) + [(rm.deploy, s), (rm.test, s)]
+    return order
+
+
+# --- steps run again after their effect, on ReleaseManagement alone ----------------------------
+
+
+def test_a_step_run_again_after_its_effect_or_its_ledger_line_applies_nothing_twice(tmp_path: Path) -> None:
+    struck: list[tuple[str, int]] = []
+
+    def crash_once_the_effect_is_in_place(verb: str, step: StepInput, attempt: int) -> None:
+        if attempt == 1:
+            struck.append((verb, attempt))
+            raise Crash(f"{verb} died after its effect")
+
+    rm = ReleaseManagement(tmp_path, CATALOG, after_effect=crash_once_the_effect_is_in_place)
+    with watch(tmp_path) as observer:
+        for run, s in steps_of(rm):
+            with pytest.raises(Crash):
+                run(s, attempt=1)  # the effect lands, the ledger line does not
+            assert run(s, attempt=2).applied  # finds the effect in place and claims it
+            # Died after its ledger line, before returning: Temporal runs it again.
+            assert not run(s, attempt=3).applied
+    assert len(struck) == STEPS
+    assert landed(observer) == expected_landings()
+    lines = step_lines(rm)
+    assert len(lines) == STEPS
+    assert set(map(tuple, lines.values())) == {((2, True), (3, False))}
+
+
+def test_a_clean_run_of_the_steps_lands_each_effect_once(tmp_path: Path) -> None:
+    rm = ReleaseManagement(tmp_path, CATALOG)
+    with watch(tmp_path) as observer:
+        for run, s in steps_of(rm):
+            assert run(s).applied
+    assert landed(observer) == expected_landings()
+    assert set(map(tuple, step_lines(rm).values())) == {((1, True),)}
+
+
+# --- the fault hook itself: FAILURE_AT, FAILURE_ACTION ----------------------------------------------
+
+
+def test_failure_at_and_action_are_read_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each bad value is refused in one line naming the setting, as FAILURE_RATE's are."""
+    monkeypatch.setenv("FAILURE_AT", "end, Effect")
+    monkeypatch.setenv("FAILURE_ACTION", "exit")
+    settings = Settings.from_env()
+    assert (settings.failure_at, settings.failure_action) == (("effect", "end"), "exit")
+    monkeypatch.delenv("FAILURE_AT")
+    monkeypatch.delenv("FAILURE_ACTION")
+    settings = Settings.from_env()
+    assert (settings.failure_at, settings.failure_action) == (("start",), "raise")
+    for name, value, message in [
+        ("FAILURE_AT", "effect,middle", "FAILURE_AT='effect,middle': 'middle' is not one of start, effect, end"),
+        ("FAILURE_ACTION", "kill", "FAILURE_ACTION='kill' is not one of raise, exit"),
+    ]:
+        with monkeypatch.context() as m:
+            m.setenv(name, value)
+            with pytest.raises(ValueError, match=f"^{message}") as err:
+                Settings.from_env()
+            assert "\n" not in str(err.value)
+
+
+def struck_attempts(injector: FailureInjector, point: str, what: str = "build frontend-1.0 → DEV") -> list[int]:
+    hits = []
+    for attempt in range(1, 101):
+        try:
+            injector.maybe_fail(what, attempt, key=KEY, point=point)
+        except SimulatedFailure:
+            hits.append(attempt)
+    return hits
+
+
+def test_each_point_draws_on_its_own_and_a_seed_replays_the_same_faults() -> None:
+    every = ("start", "effect", "end")
+    injector = FailureInjector("sometimes", seed=5, at=every)
+    hits = {point: struck_attempts(injector, point) for point in every}
+    assert hits == {point: struck_attempts(FailureInjector("sometimes", seed=5, at=every), point) for point in every}
+    assert all(15 <= len(h) <= 45 for h in hits.values()), hits  # about 30 of 100
+    assert len({tuple(h) for h in hits.values()}) == 3, "points that strike together are not drawn on their own"
+    # A point not asked for never strikes; the start point draws as it did before FAILURE_AT.
+    assert struck_attempts(FailureInjector("sometimes", seed=5, at=("effect",)), "start") == []
+    assert struck_attempts(FailureInjector("sometimes", seed=5), "start") == hits["start"]
+    assert struck_attempts(FailureInjector("sometimes", seed=6, at=every), "effect") != hits["effect"]
+
+
+def test_failure_at_effect_strikes_an_activity_with_its_effect_in_place(rm: ReleaseManagement, tmp_path: Path) -> None:
+    injector = FailureInjector("alot", seed=1, at=("effect",))
+    acts, env = ReleaseActivities(rm, injector), ActivityEnvironment()
+    s = steps_of(rm)[0][1]
+    artifact = tmp_path / "artifactory" / "frontend-1.0"
+    failed = 0
+    with watch(tmp_path) as observer:
+        for attempt in range(1, 50):
+            env.info = dataclasses.replace(env.info, attempt=attempt)
+            try:
+                result = env.run(acts.build, s)
+                break
+            except SimulatedFailure as err:
+                assert "after the effect, before the ledger line" in str(err)
+                assert artifact.is_file() and step_lines(rm) == {}, "struck before the effect, or after its line"
+                failed += 1
+        else:
+            pytest.fail("the build never passed")
+    assert failed >= 1, "seed 1 strikes the first attempt: the hook never struck"
+    assert (result.attempt, result.applied) == (failed + 1, True)
+    assert landed(observer) == {"artifactory/frontend-1.0": 1}
+
+
+def test_failure_action_exit_ends_the_process_at_once() -> None:
+    script = (
+        "from utils import FailureInjector\n"
+        "injector = FailureInjector('alot', seed=1, at=('end',), action='exit')\n"
+        "for attempt in range(1, 100):\n"
+        "    injector.maybe_fail('test frontend-1.0 in QC', attempt, key='K', point='end')\n"
+        "print('still alive')\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert run.returncode == EXIT_CODE, run.stderr
+    assert "still alive" not in run.stdout
+    assert "simulated failure (alot) after the ledger line: test frontend-1.0 in QC, attempt" in run.stderr
+    assert f"the worker exits ({EXIT_CODE}), as if killed" in run.stderr
+
+
+def test_a_worker_with_other_fault_hooks_is_named_by_make_worker(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hooks appear in a worker's settings line only when set, and count when make compares settings."""
+    monkeypatch.delenv("FAILURE_AT", raising=False)
+    monkeypatch.delenv("FAILURE_ACTION", raising=False)
+    plain = Settings.from_env()
+    hooked = dataclasses.replace(plain, failure_at=("effect", "end"), failure_action="exit")
+    target = {"target_host": "localhost:7233", "namespace": "default"}
+    assert "FAILURE_AT" not in run_worker.settings_line(run_worker.settings_of(plain, target))
+    line = run_worker.settings_line(run_worker.settings_of(hooked, target))
+    assert line.endswith(" FAILURE_AT=effect,end FAILURE_ACTION=exit")
+    (tmp_path / "worker.settings").write_text(line)
+    (tmp_path / "worker.pid").write_text("42")
+    assert run_worker.check_running(str(tmp_path), run_worker.settings_of(plain, target)) == 1
+    assert "with FAILURE_AT=effect,end FAILURE_ACTION=exit, not FAILURE_AT=start FAILURE_ACTION=raise" in (
+        capsys.readouterr().out
+    )
+    assert run_worker.check_running(str(tmp_path), run_worker.settings_of(hooked, target)) == 0
+
+
+# --- whole releases on the time-skipping server -----------------------------------------------------
+
+
+class AfterEveryEffect(FailureInjector):
+    """Every step fails twice after its effect: attempt 1 once the effect is in place (no ledger
+    line yet), attempt 2 once its ledger line is written; attempt 3 passes."""
+
+    def __init__(self) -> None:
+        super().__init__("alot", at=("effect", "end"))
+        self.struck: Counter[str] = Counter()
+
+    def maybe_fail(self, what: str, attempt: int, key: str = "", point: str = "start") -> None:
+        if (point, attempt) in (("effect", 1), ("end", 2)):
+            self.struck[point] += 1
+            self.strike(f"simulated failure after {point}: {what}, attempt {attempt}")
+
+
+async def run_release(env: WorkflowEnvironment, rm: ReleaseManagement, failures: FailureInjector | None) -> str:
+    async with in_process_worker(env, rm, failures) as task_queue:
+        result = await env.client.execute_workflow(
+            ReleaseWorkflow.run, ReleaseInfo(release_key=KEY), id=f"release-{KEY}-{uuid.uuid4()}", task_queue=task_queue
+        )
+    return result.status
+
+
+async def test_a_clean_release_runs_each_step_once(
+    ts_env: WorkflowEnvironment, rm: ReleaseManagement, tmp_path: Path
+) -> None:
+    with watch(tmp_path) as observer:
+        assert await run_release(ts_env, rm, None) == "SUCCESS"
+    assert landed(observer) == expected_landings()
+    lines = step_lines(rm)
+    # One line per step, from its first attempt: a step run twice by its activity shows here.
+    assert len(lines) == STEPS
+    assert {k: v for k, v in lines.items() if v != [(1, True)]} == {}
+
+
+async def test_a_release_whose_steps_all_fail_after_their_effect_applies_each_once(
+    ts_env: WorkflowEnvironment, rm: ReleaseManagement, tmp_path: Path
+) -> None:
+    failures = AfterEveryEffect()
+    with watch(tmp_path) as observer:
+        assert await run_release(ts_env, rm, failures) == "SUCCESS"
+    assert failures.struck == {"effect": STEPS, "end": STEPS}
+    # Every step ran three times, twice with its effect in place, yet landed once.
+    assert landed(observer) == expected_landings()
+    lines = step_lines(rm)
+    assert len(lines) == STEPS
+    assert {k: v for k, v in lines.items() if v != [(2, True), (3, False)]} == {}
+    for env in ENVIRONMENTS:
+        assert rm.contents(env) == ARTIFACTS
+
+
+# --- a crash in the middle of a write ---------------------------------------------------------------
+
+
+def crash(*args: object) -> None:
+    raise OSError(errno.EIO, "simulated crash")
+
+
+@pytest.mark.parametrize("at", ["fsync", "replace"])
+def test_a_crash_while_deploying_a_new_version_leaves_the_old_one_whole(
+    rm: ReleaseManagement, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, at: str
+) -> None:
+    for run, s in steps_of(rm)[:3]:  # frontend 1.0: built, deployed to DEV and tested there
+        run(s)
+    new = next(d for d in rm.gather_deployments("RELEASE-JAN-24-ALPHA-DEV").deploys if d.container_id == "frontend")
+    s = StepInput(release_key="RELEASE-JAN-24-ALPHA-DEV", run_id=RUN, deploy=new, env="DEV")
+    rm.build(s)
+    dev = tmp_path / "environments" / "DEV"
+    old = (dev / "frontend-1.0").read_bytes()
+    lines = len(rm.ledger.entries())
+    with watch(tmp_path) as observer:
+        with monkeypatch.context() as m:
+            # The write of frontend-1.2 fails before it is in place, as a crash or a full disk would.
+            m.setattr(release_management.os, at, crash)
+            with pytest.raises(OSError, match="simulated crash"):
+                rm.deploy(s)
+        assert sorted(p.name for p in dev.iterdir()) == ["frontend-1.0"], "half-written, or a temporary file left"
+        assert (dev / "frontend-1.0").read_bytes() == old
+        assert len(rm.ledger.entries()) == lines
+        # Nothing landed under the target's name, even for a moment: never half-written in place.
+        assert landed(observer) == {}
+        assert rm.deploy(s, attempt=2).applied  # the retry, once the fault has passed
+    assert rm.contents("DEV") == ["frontend-1.2"]
+    assert landed(observer) == {"environments/DEV/frontend-1.2": 1}
+
+
+def test_a_crash_while_replacing_a_report_leaves_the_old_report_whole(
+    rm: ReleaseManagement, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for run, s in steps_of(rm)[:3]:
+        run(s)
+    report = tmp_path / "artifactory" / "reports" / "frontend-1.0" / "DEV.json"
+    old = report.read_bytes()
+    again = steps_of(rm)[2][1].model_copy(update={"run_id": "run-2"})  # another run replaces the report
+    with monkeypatch.context() as m:
+        m.setattr(release_management.os, "replace", crash)
+        with pytest.raises(OSError, match="simulated crash"):
+            rm.test(again)
+    assert report.read_bytes() == old
+    assert sorted(p.name for p in report.parent.iterdir()) == ["DEV.json"]
