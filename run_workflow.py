@@ -243,6 +243,8 @@ class Follower:
         begun = next_check = time.monotonic()
         while True:
             done = result.done()
+            if done and result.exception() is None and result.result() is None:
+                return None  # the server stayed away: nothing more can be checked or shown
             # Once more at the end: a worker may have come and finished the release between checks.
             if done or time.monotonic() >= next_check:
                 next_check = time.monotonic() + CHECK_SECONDS

@@ -61,6 +61,25 @@ def target_of(env: WorkflowEnvironment) -> str:
     return env.client.service_client.config.target_host
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked slow start first, the slowest first, each beside a quick one.
+
+    pytest -n hands each worker two tests at first (--maxschedchunk 1), then one more whenever
+    it is free: so each worker starts on one slow test, and the next slow one goes to the first
+    worker free. Started last, a slow test would run on alone while the other workers sit idle.
+    """
+    slow = sorted((item for item in items if item.get_closest_marker("slow")), key=lambda item: -_seconds(item))
+    quick = [item for item in items if not item.get_closest_marker("slow")]
+    paired = [item for pair in zip(slow, quick, strict=False) for item in pair]
+    items[:] = paired + slow[len(quick) :] + quick[len(slow) :]
+
+
+def _seconds(item: pytest.Item) -> float:
+    """The seconds a slow test takes on a quiet machine, as its marker says (slow(90))."""
+    marker = item.get_closest_marker("slow")
+    return float(marker.args[0]) if marker and marker.args else 0.0
+
+
 _exit_status = 0
 _proof_lines: list[str] = []
 

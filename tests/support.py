@@ -107,19 +107,26 @@ def stopped_at_the_end(workers: list[WorkerProcess]) -> Iterator[list[WorkerProc
             worker.stop_quietly()
 
 
-async def run_script(args: list[str], env: dict[str, str], limit: float = 120) -> tuple[int, str]:
-    """Run run_workflow.py to completion; returns exit code and combined output."""
+async def run_python(
+    argv: list[str], env: dict[str, str], limit: float = 120, merge: bool = True
+) -> tuple[int, str, str]:
+    """Run this interpreter with argv from the repo root to its end: exit code, stdout, stderr ("" if merged)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
-        str(REPO / "run_workflow.py"),
-        *args,
+        *argv,
         cwd=REPO,
         env=env,
         stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
+        stderr=asyncio.subprocess.STDOUT if merge else asyncio.subprocess.PIPE,
     )
-    out, _ = await asyncio.wait_for(proc.communicate(), limit)
-    return proc.returncode or 0, out.decode()
+    out, err = await asyncio.wait_for(proc.communicate(), limit)
+    return proc.returncode or 0, out.decode(), (err or b"").decode()
+
+
+async def run_script(args: list[str], env: dict[str, str], limit: float = 120) -> tuple[int, str]:
+    """Run run_workflow.py to completion; returns exit code and combined output."""
+    code, out, _ = await run_python([str(REPO / "run_workflow.py"), *args], env, limit)
+    return code, out
 
 
 async def activity_starts(client: Client, workflow_id: str) -> list[ActivityTaskStartedEventAttributes]:

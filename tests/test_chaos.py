@@ -2,16 +2,16 @@
 
 Real dev server, real worker and starter processes. `make chaos` runs this alone; the summary
 line is printed at the end of the pytest run. Where in a step each strike lands, and which
-attempts fail by injection, come from a fixed seed, so CI runs the same chaos each time;
-CHAOS_SEED picks another to explore, or replays one. Strikes are aimed at steps at work, never
-at an idle worker.
+attempts fail by injection, come from a seed: fixed (1) in `make test`, so CI runs the same
+chaos each time; `make chaos` picks a random one, and CHAOS_SEED=n replays one. Strikes are
+aimed at steps at work, never at an idle worker.
 
 Two phases. First the worker dies of its own accord inside steps' effect window
 (FAILURE_ACTION=exit), in turn with FAILURE_AT=effect, right after a step's effect is in place
 and before its ledger line, and FAILURE_AT=end, right after its ledger line and before the
-step completes; the test restarts it each time, CHAOS_EXITS times (default 3). Kills from outside cannot aim at
-that window, a few milliseconds wide. Then, with failures raised at the start of steps
-(FAILURE_AT=start), the test kills the worker CHAOS_KILLS times (default 5) and restarts the
+step completes; the test restarts it each time, CHAOS_EXITS times (default 2). Kills from outside cannot aim
+at that window, a few milliseconds wide. Then, with failures raised at the start of steps
+(FAILURE_AT=start), the test kills the worker CHAOS_KILLS times (default 3) and restarts the
 server once, each strike aimed at steps in flight.
 
 Effects are counted by an inotify observer in this process (tests/observer.py), not by the
@@ -52,9 +52,9 @@ from workflows import RELEASE_KEY, RELEASE_STATUS
 KEY = "RELEASE-NOV-23-INITIAL"
 ARTIFACTS = ["backendforfrontend-1.0", "frontend-1.0", "sbstore-1.0"]
 STEPS = ("build", "deploy", "test")
-WORKER_KILLS = int(os.environ.get("CHAOS_KILLS", "5"))
+WORKER_KILLS = int(os.environ.get("CHAOS_KILLS", "3"))
 # Deaths of the worker inside steps' effect window, in the first phase.
-WORKER_EXITS = int(os.environ.get("CHAOS_EXITS", "3"))
+WORKER_EXITS = int(os.environ.get("CHAOS_EXITS", "2"))
 # Fixed, so CI runs the same chaos each time; any other value explores other timings.
 DEFAULT_SEED = 1
 STEP_SECONDS = 1.5
@@ -123,10 +123,12 @@ def test_observer_sees_a_file_landing_twice(tmp_path: Path) -> None:
     assert observer.counts() == {"out/a": 2, "out/sub/c": 1, "out/d": 1}
 
 
+@pytest.mark.slow(90)
 async def test_release_survives_worker_kills_and_a_server_restart(
     server: RestartableServer, tmp_path: Path, proof_lines: ProofLines
 ) -> None:
-    seed = int(os.environ.get("CHAOS_SEED") or DEFAULT_SEED)
+    asked = os.environ.get("CHAOS_SEED") or str(DEFAULT_SEED)
+    seed = random.randrange(1, 1_000_000) if asked == "random" else int(asked)
     rng = random.Random(seed)
     workspace = tmp_path / "ws"
     for folder in [*WATCHED, "artifactory/reports"]:

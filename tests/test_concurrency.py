@@ -8,6 +8,7 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 
+import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from release_management import Ledger
@@ -38,6 +39,7 @@ def spans(entries: list[dict], step: str, env: str, container: str) -> list[tupl
     ]
 
 
+@pytest.mark.slow(20)
 async def test_eight_releases_of_one_container_take_turns(dev_server: WorkflowEnvironment, tmp_path: Path) -> None:
     run = uuid.uuid4().hex[:8]
     keys = [f"RACE-{run}-{i}" for i in range(8)]
@@ -67,6 +69,7 @@ async def test_eight_releases_of_one_container_take_turns(dev_server: WorkflowEn
     assert dev == [f"frontend-{deploys[-1]['version']}"]
 
 
+@pytest.mark.slow(25)
 async def test_releases_of_the_same_containers_to_prod_all_succeed(
     dev_server: WorkflowEnvironment, tmp_path: Path
 ) -> None:

@@ -354,6 +354,13 @@ def test_the_docs_have_console_blocks() -> None:
 
 
 # One test per session: each has a server of its own, so the sessions run side by side (pytest -n).
-@pytest.mark.parametrize("steps", [pytest.param(steps, id=name) for name, steps in sessions()])
+# A session's commands each take a second or two (a Python process and its Temporal calls).
+@pytest.mark.parametrize(
+    "steps",
+    [
+        pytest.param(steps, id=name, marks=pytest.mark.slow(2 * sum(len(step.commands) for step in steps)))
+        for name, steps in sessions()
+    ],
+)
 async def test_documented_commands_print_what_the_docs_show(steps: list[Step], tmp_path: Path) -> None:
     await check(steps, tmp_path / "session")

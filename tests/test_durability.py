@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from release_management import Ledger
@@ -29,6 +30,7 @@ def unique_steps(ledger: Ledger) -> tuple[int, int]:
     return len(keys), len(set(keys))
 
 
+@pytest.mark.slow(20)
 async def test_a_fleet_shares_the_work_and_one_survivor_finishes(
     dev_server: WorkflowEnvironment, tmp_path: Path
 ) -> None:

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from temporalio import workflow
 from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.worker import Replayer
+from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
 
-from activities import ReleaseActivities
+import workflows
 from locks import TargetLockWorkflow
-from shared import DeployRequest, DeployResult, StepInput
 from tests.record_histories import GENERATION
 from workflows import DeployWorkflow, ReleaseWorkflow
 
@@ -49,20 +50,74 @@ async def test_recorded_history_replays(path: Path) -> None:
     await replayer.replay_workflow(load(path))
 
 
-# Same name, steps in another order: the kind of change that breaks releases in flight.
-@workflow.defn(name="DeployWorkflow", sandboxed=False)  # defined in a test module that does I/O at import
-class ReorderedDeployWorkflow:
-    @workflow.run
-    async def run(self, request: DeployRequest) -> DeployResult:
-        for env in request.deploy.environments:
-            step = StepInput(release_key=request.release_key, run_id=request.run_id, deploy=request.deploy, env=env)
-            for activity in (ReleaseActivities.test, ReleaseActivities.deploy):
-                await workflow.execute_activity_method(activity, step, start_to_close_timeout=timedelta(minutes=1))
-        raise AssertionError("unreachable in replay")
+# A reorder of the real DeployWorkflow: each environment tests before it deploys, in both generations
+# (with target locks, and the first one, without). Each swap must find its code exactly once.
+SWAPS = [
+    (
+        'await self._step("deploy", step, "running")\n',
+        'await self._step("test", step, "running")\n',
+    ),
+    ('await self._step("test", step, "done")\n', 'await self._step("deploy", step, "done")\n'),
+    ('+ ["deploy", "test"]\n', '+ ["test", "deploy"]\n'),
+]
 
 
-async def test_a_reordered_workflow_is_caught_by_replay() -> None:
-    child = next(p for p in HISTORIES if p.name == "success.1.json")
-    replayer = Replayer(workflows=[ReorderedDeployWorkflow], data_converter=pydantic_data_converter)
-    with pytest.raises(workflow.NondeterminismError):
-        await replayer.replay_workflow(load(child))
+def workflows_module(swaps: list[tuple[str, str]]) -> ModuleType:
+    """workflows.py as it is on disk, with these changes, loaded as a module of its own."""
+    source = Path(workflows.__file__).read_text()
+    for old, new in swaps:
+        assert source.count(old) == 1, f"workflows.py no longer holds {old!r} once: update SWAPS"
+        source = source.replace(old, new)
+    module = ModuleType(f"reordered_workflows_{len(swaps)}")
+    module.__file__ = workflows.__file__
+    sys.modules[module.__name__] = module  # its type hints are resolved through sys.modules
+    try:
+        exec(compile(source, workflows.__file__, "exec"), module.__dict__)
+    finally:
+        del sys.modules[module.__name__]
+    return module
+
+
+async def replay_failures(module: ModuleType, paths: list[Path]) -> dict[str, Exception]:
+    """Replay the histories with this module's workflows; the failures by history file name."""
+    # Outside the sandbox: the module exists only in this process, the sandbox would import it anew.
+    replayer = Replayer(
+        workflows=[module.ReleaseWorkflow, module.DeployWorkflow, TargetLockWorkflow],
+        data_converter=pydantic_data_converter,
+        workflow_runner=UnsandboxedWorkflowRunner(),
+    )
+    names = {}
+    histories = []
+    for path in paths:
+        history = load(path)
+        names[history.events[0].workflow_execution_started_event_attributes.original_execution_run_id] = path.name
+        histories.append(history)
+
+    async def each() -> AsyncIterator[WorkflowHistory]:
+        for history in histories:
+            yield history
+
+    results = await replayer.replay_workflows(each(), raise_on_replay_failure=False)
+    return {names[run_id]: err for run_id, err in results.replay_failures.items()}
+
+
+def deploy_histories() -> list[Path]:
+    return [
+        p
+        for p in HISTORIES
+        if json.loads(p.read_text())["history"]["events"][0]["workflowExecutionStartedEventAttributes"]["workflowType"][
+            "name"
+        ]
+        == "DeployWorkflow"
+    ]
+
+
+async def test_a_reordered_deploy_workflow_is_caught_by_replay() -> None:
+    deploys = deploy_histories()
+    assert len(deploys) >= 20, deploys
+    # The same loading, unchanged: every history replays, so what fails below fails for the reorder.
+    assert await replay_failures(workflows_module([]), HISTORIES) == {}
+    failures = await replay_failures(workflows_module(SWAPS), HISTORIES)
+    assert sorted(failures) == sorted(p.name for p in deploys)
+    for name, err in failures.items():
+        assert isinstance(err, workflow.NondeterminismError), (name, err)
