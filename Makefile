@@ -127,6 +127,14 @@ chaos: $(STAMP)
 faults: $(STAMP)
 	$(PY) -m tests.planted_faults $(ARGS)
 
+# Mutation testing of the four core modules with the fast tests; not part of `make test` (it takes
+# hours for every mutant; MUTANTS='shared.*' picks some). Results stay in mutants/: a rerun tests
+# what changed and the last survivors. `make mutation ARGS=--report` prints the last figures.
+MUTANTS ?=
+MUTATION_CHILDREN ?= 1
+mutation: $(STAMP)
+	$(PY) resources/mutation.py --max-children $(MUTATION_CHILDREN) $(ARGS) $(MUTANTS)
+
 # Re-record the replay tests' histories; only for a deliberate, versioned workflow change.
 histories: $(STAMP)
 	$(PY) -m tests.record_histories

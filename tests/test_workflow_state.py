@@ -1,0 +1,83 @@
+"""The release's own bookkeeping, without a server: what a cancel or a failure leaves in its state.
+
+These are deterministic helpers of ReleaseWorkflow; the workflow tests reach them only in the
+rare moments a release is cancelled while a deploy waits or a step runs (found by mutation testing).
+"""
+
+from __future__ import annotations
+
+import pytest
+from temporalio.exceptions import ApplicationError
+
+from shared import Cell, DeployState, ReleaseInfo
+from workflows import ReleaseWorkflow, _message, _skipped
+
+
+def release(*deploys: DeployState) -> ReleaseWorkflow:
+    wf = ReleaseWorkflow(ReleaseInfo(release_key="R-1"))
+    wf.state.deploys = list(deploys)
+    return wf
+
+
+def deploy(container: str, **cells: Cell) -> DeployState:
+    return DeployState(
+        deploy_key=f"R-1:{container}", container_id=container, artifact=f"{container}-1.0", approved=True, cells=cells
+    )
+
+
+def test_closing_cancels_what_was_pending_waiting_or_running_and_keeps_the_rest() -> None:
+    waiting = deploy(
+        "frontend",
+        DEV=Cell(status="done", deployed=True),
+        TEST=Cell(status="running", step="test", deployed=True),
+        QC=Cell(status="waiting"),
+        PROD=Cell(status="pending"),
+    )
+    waiting.waiting_for = "QC/frontend: held by R-2"
+    failed = deploy("sbstore", DEV=Cell(status="failed"), TEST=Cell(status="skipped"))
+    wf = release(waiting, failed)
+    wf._close_cells("cancelled")
+    assert {env: c.status for env, c in waiting.cells.items()} == {
+        "DEV": "done",
+        "TEST": "cancelled",
+        "QC": "cancelled",
+        "PROD": "cancelled",
+    }
+    assert waiting.waiting_for is None
+    assert [c.status for c in failed.cells.values()] == ["failed", "skipped"]
+
+
+def test_what_was_deployed_is_listed_per_artifact_and_environment() -> None:
+    wf = release(
+        deploy("frontend", DEV=Cell(deployed=True), TEST=Cell(deployed=True), QC=Cell()),
+        deploy("sbstore", DEV=Cell()),
+        deploy("bff", DEV=Cell(deployed=True)),
+    )
+    assert wf._deployed() == "frontend-1.0 → DEV, TEST; bff-1.0 → DEV"
+    assert release(deploy("sbstore", DEV=Cell()))._deployed() == "nothing"
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        (
+            ApplicationError("cannot deploy: QC does not hold it", type="MissingArtifact"),
+            "cannot deploy: QC does not hold it",
+        ),
+        (ValueError("bad input"), "bad input"),  # no .message: its str()
+        (ApplicationError("", type="Empty"), "Empty: "),  # an empty message: str(), which names the type
+    ],
+)
+def test_an_error_is_told_in_its_own_words(error: BaseException, message: str) -> None:
+    assert _message(error) == message
+
+
+def test_a_huge_error_is_cut_to_a_thousand_characters() -> None:
+    told = _message(ValueError("x" * 5000))
+    assert len(told) == 1000 and told.endswith("…")
+    assert _message(ValueError("y" * 1000)) == "y" * 1000
+
+
+def test_a_deploy_is_skipped_only_when_every_cell_is() -> None:
+    assert _skipped(deploy("a", DEV=Cell(status="skipped"), TEST=Cell(status="skipped")))
+    assert not _skipped(deploy("a", DEV=Cell(status="skipped"), TEST=Cell(status="pending")))
