@@ -151,7 +151,7 @@ async def test_start_exits_0_when_the_release_succeeds_and_1_when_it_fails(
         assert row(out, "backendforfrontend-1.8").split() == ["backendforfrontend-1.8", "done"], out
         assert failed_code == 0 and failed_out.startswith(f"Release {DEC_PROD}: FAILED (cannot deploy "), failed_out
     finally:
-        stopped = worker.stop()
+        stopped = worker.stop_quietly()
     assert stopped == 0, (tmp_path / "worker.log").read_text()
 
 
@@ -195,7 +195,7 @@ async def test_no_worker_exits_3_and_says_so_then_a_cancel_ends_the_release(
         )
     finally:
         starter.kill()
-        stopped = worker.stop() if worker.proc else 0
+        stopped = worker.stop_quietly() if worker.proc else 0
     assert stopped == 0
 
 
@@ -242,7 +242,7 @@ async def test_a_namespace_without_the_search_attributes_gets_a_note_and_still_w
             code, out = await run_script(["list"], env)
             assert code == 0 and any(line.split() == [ALPHA_DEV, "COMPLETED"] for line in out.splitlines()), out
         finally:
-            stopped = worker.stop()
+            stopped = worker.stop_quietly()
         assert stopped == 0
         desc = await server.client.get_workflow_handle(f"release-{ALPHA_DEV}").describe()
         assert desc.typed_search_attributes.get(RELEASE_KEY) is None

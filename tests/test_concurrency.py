@@ -55,7 +55,7 @@ async def test_eight_releases_of_one_container_take_turns(dev_server: WorkflowEn
     try:
         results = await asyncio.gather(*(run_script(["--release-key", k], env, limit=240) for k in keys))
     finally:
-        worker.stop()
+        worker.stop_quietly()
     for key, (code, out) in zip(keys, results, strict=True):
         assert code == 0 and f"Result: Release {key}: SUCCESS" in out, out
     assert any("/frontend: held by RACE-" in out for _, out in results), "no release was seen waiting"
@@ -91,7 +91,7 @@ async def test_releases_of_the_same_containers_to_prod_all_succeed(
     try:
         results = await asyncio.gather(*(run_script(["--release-key", k], env, limit=300) for k in keys))
     finally:
-        worker.stop()
+        worker.stop_quietly()
     for key, (code, out) in zip(keys, results, strict=True):
         assert code == 0 and f"Result: Release {key}: SUCCESS" in out, out
     entries = Ledger(tmp_path / "ledger.jsonl").entries()

@@ -60,7 +60,7 @@ async def test_six_releases_in_order_leave_the_environments_as_the_table_says(se
             for name, versions in expected.items():
                 assert contents(tmp_path, name) == files(versions), f"{name} after {key}"
     finally:
-        stopped = worker.stop()  # an assert here would hide the failure that brought us here
+        stopped = worker.stop_quietly()  # an assert here would hide the failure that brought us here
     assert stopped == 0, (tmp_path / "worker.log").read_text()
     assert max(int(str(e["attempt"])) for e in Ledger(tmp_path / "ledger.jsonl").entries()) > 1  # steps were retried
     assert "Worker stopped." in (tmp_path / "worker.log").read_text()
@@ -87,7 +87,7 @@ async def test_starting_a_running_release_attaches_to_it(
     finally:
         second.kill()
         if worker.proc is not None:
-            worker.stop()
+            worker.stop_quietly()
     assert code1 == code2 == 0, out1 + out2
     assert f"Result: Release {key}: SUCCESS" in out1 and f"Result: Release {key}: SUCCESS" in out2
     assert "already running" not in out1 and f"Release {key} started (workflow release-{key})." in out1

@@ -197,7 +197,7 @@ async def test_the_approve_hint_works_as_printed(server: str, tmp_path: Path) ->
         code, text = await starter.result()
     finally:
         starter.kill()
-        worker.stop()
+        worker.stop_quietly()
     assert code == 0 and f"Result: Release {HOLD}: SUCCESS" in text, text
 
 
@@ -270,7 +270,7 @@ async def test_a_failing_workflow_task_is_reported_as_that(
             while not await reported():  # noqa: ASYNC110 - the condition is another process's output
                 await asyncio.sleep(0.5)
     finally:
-        worker.stop()
+        worker.stop_quietly()
         await terminate(dev_server.client, f"release-{key}")
     out = outputs[-1]
     assert out.startswith(f"Release {key}: RUNNING, but the release's workflow task keeps failing (attempt "), out
@@ -289,7 +289,7 @@ async def test_a_step_failing_again_and_again_is_shown_once_per_attempt(server: 
         code, text = await starter.result()
     finally:
         starter.kill()
-        worker.stop()
+        worker.stop_quietly()
     assert code == 0 and f"Result: Release {ALPHA_DEV}: SUCCESS" in text, text
     shown = re.findall(rf"^  {build}: attempt (\d+), last error: (.*)$", text, re.MULTILINE)
     # Attempts 4, 5 and 6 are each in flight for seconds; the follower looks every few.
@@ -324,7 +324,7 @@ async def test_a_cancel_while_gathering_retries_ends_cancelled_and_the_retries_a
         assert any(line.split() == [ALPHA_DEV, "CANCELLED"] for line in out.splitlines()), out
     finally:
         starter.kill()
-        worker.stop()
+        worker.stop_quietly()
 
 
 @pytest.mark.slow(25)

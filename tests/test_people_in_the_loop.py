@@ -94,7 +94,7 @@ async def test_a_held_release_finishes_once_approved_from_the_command_line(
         applied = [e for e in Ledger(tmp_path / "ledger.jsonl").entries() if e["applied"]]
         assert len(applied) == 1 + 3 * 5  # the approval, 3 x (build + 2 x 2)
     finally:
-        stopped = worker.stop()
+        stopped = worker.stop_quietly()
     assert stopped == 0, (tmp_path / "worker.log").read_text()
 
 
@@ -121,7 +121,7 @@ async def test_cancel_from_the_command_line_reports_what_was_deployed(
         code, followed = await release
         assert code == 1 and f"Result: Release {key}: CANCELLED (deployed before the cancel: " in followed
     finally:
-        stopped = worker.stop()  # an assert here would hide the failure that brought us here
+        stopped = worker.stop_quietly()  # an assert here would hide the failure that brought us here
     assert stopped == 0, (tmp_path / "worker.log").read_text()
     # Stopped between steps: after the cancel reached a deploy, it scheduled no further step
     # (the one in flight may finish, so how far each got depends on the machine's speed).
