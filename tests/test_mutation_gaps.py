@@ -5,6 +5,8 @@ See tests/mutation_survivors.md for the survivors these kill and those left.
 
 from __future__ import annotations
 
+import json
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -12,7 +14,16 @@ import pytest
 from pydantic import BaseModel, ValidationError, field_validator
 
 from release_management import ReleaseManagement
-from shared import REPO_ROOT, TASK_QUEUE, ApprovalRecord, Settings, describe_validation_error, parse_failure_at
+from shared import (
+    REPO_ROOT,
+    TASK_QUEUE,
+    ApprovalRecord,
+    DeployInfo,
+    Settings,
+    StepInput,
+    describe_validation_error,
+    parse_failure_at,
+)
 
 SETTINGS_VARIABLES = (
     "RELEASE_TASK_QUEUE",
@@ -128,3 +139,62 @@ def test_an_approval_is_one_ledger_line_per_deploy_with_its_first_attempt(rm: Re
             "applied": True,
         }
     ]
+
+
+def _step(container: str, version: str, env: str) -> StepInput:
+    deploy = DeployInfo(
+        deploy_key=f"R-1:{container}",
+        container_id=container,
+        version=version,
+        git_url=f"https://example.invalid/{container}",
+        environments=["DEV"],
+    )
+    return StepInput(release_key="R-1", run_id="run", deploy=deploy, env=env)  # type: ignore[arg-type]
+
+
+def test_a_deploy_replaces_only_its_own_container_when_names_hold_dashes(tmp_path: Path) -> None:
+    # The workspace folder does not exist yet: the first build creates it.
+    rm = ReleaseManagement(tmp_path / "new" / "workspace", REPO_ROOT / "releases.json")
+    for container, version in (("sb-store", "1.0"), ("sb", "2.0"), ("sb-store", "1.1")):
+        rm.build(_step(container, version, "DEV"))
+        rm.deploy(_step(container, version, "DEV"))
+    assert rm.contents("DEV") == ["sb-2.0", "sb-store-1.1"]
+
+
+def test_contents_leave_out_hidden_files_and_folders(rm: ReleaseManagement) -> None:
+    folder = rm.env_dir("DEV")
+    (folder / "sub").mkdir(parents=True)
+    (folder / ".frontend-1.0.1a2b.partial").write_text("half")
+    (folder / "frontend-1.0").write_text("whole")
+    assert rm.contents("DEV") == ["frontend-1.0"]
+
+
+def test_a_report_that_is_not_an_object_is_written_again(rm: ReleaseManagement) -> None:
+    step = _step("frontend", "1.0", "DEV")
+    rm.build(step)
+    rm.deploy(step)
+    report = rm.report_path(step.deploy, "DEV")
+    report.parent.mkdir(parents=True)
+    report.write_text("[1, 2]")
+    assert rm.test(step).applied
+    assert json.loads(report.read_text())["run_id"] == "run"
+    test_line = next(e for e in rm.ledger.entries() if e["step"] == "test")
+    assert test_line["started_at"] <= test_line["at"]
+
+
+def test_a_ledger_larger_than_one_read_is_read_whole(rm: ReleaseManagement) -> None:
+    entries = [{"step": "build", "n": n, "pad": "x" * 200} for n in range(500)]  # over 64 KiB
+    for entry in entries:
+        rm.ledger.record(entry)
+    assert rm.ledger.read() == (entries, [])
+
+
+def test_a_simulated_step_takes_its_time_and_reports_liveness(tmp_path: Path) -> None:
+    rm = ReleaseManagement(tmp_path, REPO_ROOT / "releases.json", step_seconds=1.2)
+    beats: list[float] = []
+    began = time.monotonic()
+    rm.build(_step("frontend", "1.0", "DEV"), progress=lambda: beats.append(time.monotonic()))
+    assert time.monotonic() - began >= 1.2
+    # A heartbeat at least every half second, so a dead worker is noticed within the heartbeat timeout.
+    gaps = [b - a for a, b in zip([began, *beats], beats, strict=False)]
+    assert len(beats) >= 3 and max(gaps) < 1.0
