@@ -204,6 +204,9 @@ def report() -> None:
             (path, name, status) for name, status in sorted(statuses.items()) if status not in KILLED | {"not checked"}
         ]
 
+    if not any(total for _, _, total, _ in rows):
+        print("No mutation results yet: `make mutation` runs mutmut (MUTANTS='shared.*' for some).")
+        return
     print()
     print(f"{'file':<24} {'killed':>7} {'total':>6} {'score':>7}   survived  no tests  timeout  not run  other")
     for path, killed, total, count in rows:
