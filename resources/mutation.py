@@ -232,6 +232,20 @@ def report() -> None:
         print(f"  {name}{tag}\n      {one_line_diff(name, path)}")
 
 
+def interrupted() -> bool:
+    """Whether a run stopped while mutmut wrote mutants/: a mutated file left empty or without its
+    .meta, which mutmut would take as up to date (it compares modification times) and never redo."""
+    from mutmut.configuration import config
+
+    folder = REPO / "mutants"
+    for source in config().source_paths:
+        copy = folder / source
+        if copy.exists() and (copy.stat().st_size == 0 or not copy.with_name(copy.name + ".meta").exists()):
+            print(f"mutants/{source} is incomplete (an interrupted run): starting afresh")
+            return True
+    return False
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help="mutant names or patterns, such as 'shared.*' (default: all)")
@@ -245,7 +259,7 @@ def main() -> int:
     started = time.monotonic()
     if not args.report:
         configure_mutmut()
-        if args.fresh:
+        if args.fresh or interrupted():
             shutil.rmtree(REPO / "mutants", ignore_errors=True)
         elif not args.keep_survivors:
             retest_survivors()
