@@ -21,6 +21,7 @@ from shared import (
     DeployInfo,
     Settings,
     StepInput,
+    clip,
     describe_validation_error,
     parse_failure_at,
 )
@@ -198,3 +199,9 @@ def test_a_simulated_step_takes_its_time_and_reports_liveness(tmp_path: Path) ->
     # A heartbeat at least every half second, so a dead worker is noticed within the heartbeat timeout.
     gaps = [b - a for a, b in zip([began, *beats], beats, strict=False)]
     assert len(beats) >= 3 and max(gaps) < 1.0
+
+
+def test_clip_keeps_text_up_to_its_limit_and_marks_a_cut() -> None:
+    assert clip("x" * 40) == "x" * 40
+    assert clip("x" * 41) == "x" * 39 + "…"
+    assert clip("abcdef", 5) == "abcd…" and clip("abcde", 5) == "abcde"
