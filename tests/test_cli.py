@@ -14,9 +14,6 @@ from typing import Any
 
 import pytest
 from temporalio import workflow
-from temporalio.api.enums.v1 import TaskQueueType
-from temporalio.api.taskqueue.v1 import TaskQueue
-from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
@@ -24,6 +21,7 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from run_workflow import worker_polls
 from shared import Cell, DeployState, ReleaseState, render_progress
 from tests.conftest import REPO, installed_binary, target_of
 from tests.support import WorkerProcess, run_python, run_script, script_env, task_queue
@@ -54,17 +52,6 @@ async def run_patched(args: list[str], env: dict[str, str], **constants: float) 
 
 async def run_worker_script(env: dict[str, str]) -> tuple[int, str, str]:
     return await run_python([str(REPO / "run_worker.py")], env, 60, merge=False)
-
-
-async def pollers(client: Client, tq: str) -> int:
-    response = await client.workflow_service.describe_task_queue(
-        DescribeTaskQueueRequest(
-            namespace=client.namespace,
-            task_queue=TaskQueue(name=tq),
-            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
-        )
-    )
-    return len(response.pollers)
 
 
 async def history_has(client: Client, workflow_id: str, field: str) -> bool:
@@ -347,6 +334,6 @@ async def test_a_worker_with_bad_settings_says_so_in_one_line_and_starts_nothing
     results = await asyncio.gather(*runs)
     for (bad, message), (code, out, err) in zip(cases, results, strict=True):
         assert (code, out, err) == (2, "", f"error: {message}\n"), (bad, code, out, err)
-    assert await pollers(dev_server.client, tq) == 0
+    assert not await worker_polls(dev_server.client, tq)
     assert list(workspace.iterdir()) == []
     assert [w async for w in dev_server.client.list_workflows()] == []
