@@ -6,7 +6,6 @@ import asyncio
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import NamedTuple
 
 import pytest
 from temporalio.client import Client
@@ -123,10 +122,6 @@ async def test_cancel_from_the_command_line_reports_what_was_deployed(
     finally:
         stopped = worker.stop_quietly()  # an assert here would hide the failure that brought us here
     assert stopped == 0, (tmp_path / "worker.log").read_text()
-    # Stopped between steps: after the cancel reached a deploy, it scheduled no further step
-    # (the one in flight may finish, so how far each got depends on the machine's speed).
-    for child in await steps_after_cancel(dev_server.client, f"release-{key}"):
-        assert child.later == [], f"{child.workflow_id} went on after the cancel: {child.later}"
     # What the result says was deployed is what the environments hold, and no file is half there.
     said = followed.split("deployed before the cancel: ", 1)[1].split(")", 1)[0]
     held = {
@@ -141,32 +136,3 @@ async def test_cancel_from_the_command_line_reports_what_was_deployed(
         for env in envs.split(", ")
     }
     assert held == claimed, f"the result says {said!r}; the environments hold {sorted(held)}"
-
-
-class AfterCancel(NamedTuple):
-    workflow_id: str
-    later: list[str]  # steps scheduled after the cancel request reached this workflow
-
-
-async def steps_after_cancel(client: Client, workflow_id: str) -> list[AfterCancel]:
-    """For each deploy of the release that received the cancel: the steps it scheduled after that."""
-    root = await client.get_workflow_handle(workflow_id).fetch_history()
-    children = [
-        e.child_workflow_execution_started_event_attributes.workflow_execution.workflow_id
-        for e in root.events
-        if e.HasField("child_workflow_execution_started_event_attributes")
-    ]
-    found = []
-    for child in children:
-        history = await client.get_workflow_handle(child).fetch_history()
-        cancelled, later = False, []
-        for e in history.events:
-            cancelled = cancelled or e.HasField("workflow_execution_cancel_requested_event_attributes")
-            if cancelled and e.HasField("activity_task_scheduled_event_attributes"):
-                name = e.activity_task_scheduled_event_attributes.activity_type.name
-                if name in ("build", "deploy", "test"):
-                    later.append(name)
-        if cancelled:  # a deploy that had finished before the cancel never receives it
-            found.append(AfterCancel(child, later))
-    assert found, "no deploy received the cancel"
-    return found
