@@ -152,7 +152,7 @@ FAULTS = [
     Fault(
         "the ledger's de-duplication removed",
         "release_management.py",
-        "            applied = not _claimed(entries, identity_of(entry))\n",
+        "            applied = not claimed\n",
         "            applied = True\n",
         ("tests/test_ledger.py", "tests/test_idempotency.py"),
     ),
