@@ -20,6 +20,7 @@ from pathlib import Path
 
 try:
     from temporalio.exceptions import ApplicationError
+    from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
     from temporalio.worker import Worker
 
     from activities import ReleaseActivities
@@ -42,6 +43,8 @@ except ModuleNotFoundError as missing:
     raise SystemExit(2) from None
 
 MAX_CONCURRENT_STEPS = 16
+# Where the SDK's metrics are served when WORKER_METRICS_PORT is set: this machine only.
+METRICS_HOST = "127.0.0.1"
 # Failures the demo expects: logged as one line each, not as a traceback.
 EXPECTED_FAILURES = (SimulatedFailure, ReleaseError)
 
@@ -72,9 +75,9 @@ SETTING_NAMES = (
     "FAILURE_SEED",
     "DEMO_STEP_SECONDS",
 )
-# Fault hooks for tests and demos, listed after the others only when set to other than their
-# default, so the settings line of an ordinary worker reads as it always did.
-HOOK_DEFAULTS = {"FAILURE_AT": "start", "FAILURE_ACTION": "raise"}
+# Fault hooks for tests and demos, and the metrics port, listed after the others only when set
+# to other than their default, so the settings line of an ordinary worker reads as it always did.
+OPTIONAL_DEFAULTS = {"FAILURE_AT": "start", "FAILURE_ACTION": "raise", "WORKER_METRICS_PORT": ""}
 DEFAULT_STATE = ".temporal"
 
 
@@ -89,9 +92,13 @@ def settings_of(settings: Settings, target: dict) -> dict[str, str]:
         "FAILURE_SEED": "" if settings.failure_seed is None else str(settings.failure_seed),
         "DEMO_STEP_SECONDS": f"{settings.step_seconds:g}",
     }
-    hooks = {"FAILURE_AT": ",".join(settings.failure_at), "FAILURE_ACTION": settings.failure_action}
+    optional = {
+        "FAILURE_AT": ",".join(settings.failure_at),
+        "FAILURE_ACTION": settings.failure_action,
+        "WORKER_METRICS_PORT": "" if settings.metrics_port is None else str(settings.metrics_port),
+    }
     return {name: values[name] for name in SETTING_NAMES} | {
-        name: value for name, value in hooks.items() if value != HOOK_DEFAULTS[name]
+        name: value for name, value in optional.items() if value != OPTIONAL_DEFAULTS[name]
     }
 
 
@@ -122,8 +129,8 @@ def check_running(state: str, wanted: dict[str, str]) -> int:
             "with these"
         )
         return 0
-    # A hook left out of a settings line has its default value.
-    running, wanted = HOOK_DEFAULTS | running, HOOK_DEFAULTS | wanted
+    # A hook or metrics port left out of a settings line has its default value.
+    running, wanted = OPTIONAL_DEFAULTS | running, OPTIONAL_DEFAULTS | wanted
     differ = [name for name in wanted if running.get(name) != wanted[name]]
     if not differ:
         print(f"Worker already running (pid {pid}, log: {state}/worker.log)")
@@ -165,8 +172,20 @@ async def main(argv: list[str]) -> int:
         return check_running(args.check_running, settings_of(settings, target))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("temporalio.activity").addFilter(OneLineExpectedFailures())
+    runtime = None
+    if settings.metrics_port is not None:
+        try:
+            runtime = metrics_runtime(settings.metrics_port)
+        except ValueError as e:  # the port is taken, or not ours to listen on
+            reason = str(e).removeprefix("Failed starting Prometheus exporter: ")
+            print(
+                f"error: WORKER_METRICS_PORT={settings.metrics_port}: cannot serve metrics on "
+                f"{METRICS_HOST}:{settings.metrics_port}: {reason}; choose another port, or unset it for no metrics",
+                file=sys.stderr,
+            )
+            return 2
     try:
-        client = await connect(target)
+        client = await connect(target, runtime=runtime)
     except RuntimeError:
         print(
             f"error: cannot reach Temporal at {target['target_host']} (namespace {target['namespace']}); "
@@ -191,7 +210,7 @@ async def main(argv: list[str]) -> int:
             client,
             task_queue=settings.task_queue,
             workflows=[ReleaseWorkflow, DeployWorkflow, TargetLockWorkflow],
-            activities=[*acts.all(), LockActivities(client).request_lock],
+            activities=[*acts.all(), *LockActivities(client).all()],
             activity_executor=executor,
             max_concurrent_activities=MAX_CONCURRENT_STEPS,
             # Steps in flight get a moment to finish; any cut off are retried elsewhere.
@@ -202,7 +221,8 @@ async def main(argv: list[str]) -> int:
                 # The pid tells `make worker` this line is its worker's, not an earlier one's.
                 f"Worker ready (pid {os.getpid()}): {target['target_host']} namespace {target['namespace']}, "
                 f"task queue {settings.task_queue}, workspace {settings.workspace}, "
-                f"failures {settings.failure_rate}{_hooks(settings)}, step {settings.step_seconds:g}s. "
+                f"failures {settings.failure_rate}{_hooks(settings)}, step {settings.step_seconds:g}s"
+                f"{_metrics(settings)}. "
                 "Ctrl+C stops it.",
                 flush=True,
             )
@@ -210,6 +230,25 @@ async def main(argv: list[str]) -> int:
             print("Worker stopping: letting steps in flight finish...", flush=True)
     print("Worker stopped.", flush=True)
     return 0
+
+
+def metrics_runtime(port: int) -> Runtime:
+    """A runtime whose clients and workers report the SDK's metrics, served for Prometheus on port.
+
+    Durations are in milliseconds, the SDK's default, as Temporal's Grafana dashboard for the
+    Core-based SDKs expects. ValueError when the port cannot be listened on (taken, privileged).
+    """
+    prometheus = PrometheusConfig(bind_address=f"{METRICS_HOST}:{port}")
+    return Runtime(telemetry=TelemetryConfig(metrics=prometheus))
+
+
+def metrics_url(port: int) -> str:
+    return f"http://{METRICS_HOST}:{port}/metrics"
+
+
+def _metrics(settings: Settings) -> str:
+    """Where the metrics are served, for the ready line; nothing when they are not."""
+    return "" if settings.metrics_port is None else f", metrics {metrics_url(settings.metrics_port)}"
 
 
 def _hooks(settings: Settings) -> str:

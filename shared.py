@@ -327,6 +327,8 @@ class Settings:
     step_seconds: float
     failure_at: tuple[str, ...] = ("start",)
     failure_action: str = "raise"
+    # The port of the worker's Prometheus endpoint (WORKER_METRICS_PORT), on 127.0.0.1; None: no metrics.
+    metrics_port: int | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -349,6 +351,9 @@ class Settings:
             raise ValueError(f"DEMO_STEP_SECONDS={step!r} is not a number of seconds") from None
         if not 0 <= step_seconds <= 3600:
             raise ValueError(f"DEMO_STEP_SECONDS={step!r} must be between 0 and 3600")
+        port = env.get("WORKER_METRICS_PORT", "").strip()
+        if port and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+            raise ValueError(f"WORKER_METRICS_PORT={clip(port)!r} is not a port number from 1 to 65535")
         workspace = Path(env.get("RELEASE_WORKSPACE") or REPO_ROOT).expanduser().resolve()
         catalog = Path(env.get("RELEASE_CATALOG") or REPO_ROOT / "releases.json").expanduser()
         return cls(
@@ -360,6 +365,7 @@ class Settings:
             step_seconds=step_seconds,
             failure_at=failure_at,
             failure_action=action,
+            metrics_port=int(port) if port else None,
         )
 
 

@@ -155,10 +155,12 @@ def connect_config() -> dict:
     return config
 
 
-async def connect(config: dict | None = None, quiet: bool = False) -> Client:
-    """A client with the pydantic data converter; quiet hides the SDK core's retry warnings."""
-    runtime = None
-    if quiet:
+async def connect(config: dict | None = None, quiet: bool = False, runtime: Runtime | None = None) -> Client:
+    """A client with the pydantic data converter; quiet hides the SDK core's retry warnings.
+
+    runtime: the SDK runtime to use (the worker's, when it serves metrics); quiet then has no effect.
+    """
+    if quiet and runtime is None:
         errors_only = TelemetryFilter(core_level="ERROR", other_level="ERROR")
         runtime = Runtime(telemetry=TelemetryConfig(logging=LoggingConfig(filter=errors_only)))
     return await Client.connect(**(config or connect_config()), data_converter=pydantic_data_converter, runtime=runtime)
