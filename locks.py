@@ -1,21 +1,33 @@
 """One deploy per (environment, container) at a time, across releases and workers: a lock workflow per target.
 
 A target is an environment (or the artifactory) and a container. Its lock is a small workflow,
-`lock/<task queue>/<target>`, that keeps a holder and a first-come queue of waiters. A deploy
-asks for it through an activity (signal-with-start needs a client), waits for the grant
-signal, and signals the release when done. Temporal keeps the lock through worker kills and
-server restarts. A holder that ended without releasing (a terminated release) is found by
-signalling it while others wait: a signal to a closed workflow fails, and the lock moves on.
+`lock/<task queue>/<target>`, that keeps a holder and a first-come queue of waiters. Temporal
+keeps the lock through worker kills and server restarts. A holder that ended without releasing
+(a terminated release) is found by signalling it while others wait: a signal to a closed
+workflow fails, and the lock moves on.
+
+A release takes and gives back locks with a local activity, `move_locks`. A free lock costs one
+start of its workflow, with the requester as its holder: the server refuses a second start of a
+running workflow id, so that start is the grant, and no round trip through a workflow task is
+needed. A lock in use gets the request as a signal (signal-with-start) and grants it later with
+a `lock_granted` signal to the requester. Giving a lock back is a signal. (`request_lock`, a
+regular activity that always queued and always waited for the grant signal, stays for the
+deploys of releases recorded before.)
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 from pydantic import BaseModel, Field
 from temporalio import activity, workflow
 from temporalio.client import Client
-from temporalio.exceptions import ApplicationError
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
 
 # While others wait, how often the lock checks that its holder still runs.
 HOLDER_CHECK = timedelta(seconds=10)
@@ -28,6 +40,24 @@ class LockRequest(BaseModel):
     holder_id: str  # the requesting workflow
     holder_run_id: str
     release_key: str
+
+
+class LockMove(BaseModel):
+    """Locks to give back and locks to ask for, in one local activity."""
+
+    release: list[LockRequest] = Field(default_factory=list)
+    acquire: list[LockRequest] = Field(default_factory=list)
+
+
+class LockAnswer(BaseModel):
+    target: str
+    # Named by the worker that asked, from its task queue: a replay elsewhere reads it from history.
+    lock_id: str
+    granted: bool
+    # False when it was not asked for: one of the same container before it in the move is not granted yet.
+    asked: bool = True
+    # The release that holds the lock when it is not granted yet (None: unknown, or on its way).
+    holder: str | None = None
 
 
 class LockState(BaseModel):
@@ -76,6 +106,10 @@ class TargetLockWorkflow:
     @workflow.query
     def holder_release(self) -> str | None:
         return self.holder.release_key if self.holder else None
+
+    @workflow.query
+    def holder_request(self) -> LockRequest | None:
+        return self.holder
 
     @workflow.run
     async def run(self, state: LockState) -> None:
@@ -127,6 +161,81 @@ async def _tell(req: LockRequest, signal: str) -> bool:
 class LockActivities:
     def __init__(self, client: Client) -> None:
         self.client = client
+
+    def all(self) -> list[Callable[..., Any]]:
+        """Every lock activity, for registering on a worker."""
+        return [self.request_lock, self.move_locks]
+
+    @activity.defn
+    async def move_locks(self, move: LockMove) -> list[LockAnswer]:
+        """Give back move.release and ask for move.acquire; one answer per lock asked for, in order.
+
+        A container's locks are asked for in the order given, and none after one that is not
+        granted: taken out of order, two releases could each hold what the other waits for.
+        Lock ids are named here, from this worker's task queue.
+        """
+        by_container: dict[str, list[LockRequest]] = {}
+        for req in move.acquire:
+            by_container.setdefault(req.target.partition("/")[2], []).append(req)
+        # Side by side: containers are independent, and what is given back is never asked for.
+        asked = await asyncio.gather(
+            *map(self._ask_in_order, by_container.values()), *map(self._give_back, move.release)
+        )
+        answers = {a.target: a for group in asked[: len(by_container)] for a in group}  # type: ignore[union-attr]
+        return [answers[req.target] for req in move.acquire]
+
+    async def _ask_in_order(self, reqs: list[LockRequest]) -> list[LockAnswer]:
+        answers: list[LockAnswer] = []
+        for req in reqs:
+            if answers and not answers[-1].granted:
+                name = lock_id(activity.info().task_queue, req.target)
+                answers.append(LockAnswer(target=req.target, lock_id=name, granted=False, asked=False))
+            else:
+                answers.append(await self._ask(req))
+        return answers
+
+    async def _ask(self, req: LockRequest) -> LockAnswer:
+        task_queue = activity.info().task_queue
+        req = req.model_copy(update={"lock_id": lock_id(task_queue, req.target)})
+        summary = f"lock {req.target}: one deploy at a time"
+        try:
+            # Started with this request as its holder: only one start of a running id succeeds.
+            await self.client.start_workflow(
+                TargetLockWorkflow.run,
+                LockState(target=req.target, holder=req),
+                id=req.lock_id,
+                task_queue=task_queue,
+                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                static_summary=summary,
+            )
+            return LockAnswer(target=req.target, lock_id=req.lock_id, granted=True)
+        except WorkflowAlreadyStartedError:
+            pass
+        # In use (or this request was granted by an attempt whose answer was lost): queue, then look.
+        handle = await self.client.start_workflow(
+            TargetLockWorkflow.run,
+            LockState(target=req.target),
+            id=req.lock_id,
+            task_queue=task_queue,
+            start_signal="request",
+            start_signal_args=[req],
+            static_summary=summary,
+        )
+        holder = await handle.query(TargetLockWorkflow.holder_request)
+        if holder is not None and _same(holder, req):
+            return LockAnswer(target=req.target, lock_id=req.lock_id, granted=True)
+        return LockAnswer(
+            target=req.target, lock_id=req.lock_id, granted=False, holder=holder.release_key if holder else None
+        )
+
+    async def _give_back(self, req: LockRequest) -> LockAnswer | None:
+        try:
+            await self.client.get_workflow_handle(req.lock_id).signal(TargetLockWorkflow.release, req)
+        except RPCError as err:
+            # A lock that has ended (or an operator terminated) holds nothing any more.
+            if err.status != RPCStatusCode.NOT_FOUND:
+                raise
+        return None
 
     @activity.defn
     async def request_lock(self, req: LockRequest) -> str | None:

@@ -384,7 +384,7 @@ async def troubles(client: Client, release: WorkflowExecutionDescription, state:
             found.append(task)
         for activity in execution.raw_description.pending_activities:
             if activity.attempt > FAILURES_SHOWN and activity.HasField("last_failure"):
-                what = step_name(activity.activity_type.name, release, container, deploy)
+                what = step_name(activity.activity_type.name, release, container, deploy, activity.activity_id)
                 found.append(
                     Trouble(
                         f"{execution.id} {activity.activity_id}",
@@ -424,9 +424,15 @@ async def describe(client: Client, workflow_id: str) -> WorkflowExecutionDescrip
 
 
 def step_name(
-    verb: str, release: WorkflowExecutionDescription, container: str | None, deploy: DeployState | None
+    verb: str,
+    release: WorkflowExecutionDescription,
+    container: str | None,
+    deploy: DeployState | None,
+    activity_id: str = "",
 ) -> str:
     """A step as the Web UI's activity summaries name it, "deploy frontend-1.0 → DEV", from what is known."""
+    if container is None and verb in ("build", "deploy", "test") and not activity_id.isdigit():
+        return activity_id  # a release that runs its own deploys names each step so
     if container is None:
         key = release.id.removeprefix(release_workflow_id(""))
         names = {"gather_deployments": "gather deploys of", "gather_release_approval": "check approval of"}

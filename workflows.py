@@ -17,7 +17,7 @@ with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
     from activities import ReleaseActivities, step_summary
-    from locks import LockActivities, LockRequest, TargetLockWorkflow, lock_id
+    from locks import LockActivities, LockAnswer, LockMove, LockRequest, TargetLockWorkflow, lock_id
     from release_management import NON_RETRYABLE_ERRORS
     from shared import (
         AWAITING_APPROVAL,
@@ -33,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
         ApprovalRecord,
         ApprovalReply,
         Cell,
+        DeployInfo,
         DeployRequest,
         DeployResult,
         DeployState,
@@ -44,7 +45,7 @@ with workflow.unsafe.imports_passed_through():
         StepResult,
         check_approver,
         clip,
-        render_progress,
+        render_details,
         root_cause,
     )
 
@@ -62,6 +63,13 @@ class ReleaseWorkflow:
         self.release = release
         self.state = ReleaseState(release_key=release.release_key, release_date=release.release_date)
         self.gathered = False
+        # Target locks granted to this release's deploys (by lock id), for releases that run their own deploys.
+        self.granted: set[str] = set()
+        # The locks this release's deploys hold or wait for, by target ("DEV/frontend").
+        self.locks: dict[str, LockRequest] = {}
+        # Lock moves waiting for the local activity that sends them (see _move_locks).
+        self.lock_moves: list[tuple[LockMove, asyncio.Future[list[LockAnswer]]]] = []
+        self.moving = False
 
     @workflow.run
     async def run(self, release: ReleaseInfo) -> ReleaseResult:
@@ -140,8 +148,14 @@ class ReleaseWorkflow:
         skipped = await self._settle_approvals()
 
         self._set_status(RUNNING)
-        info = workflow.info()
         to_run = [d for d in release.deploys if d.deploy_key not in skipped]
+        # Releases recorded before this change ran each deploy as a child workflow that signalled
+        # its progress after every step; see _run_deploys for why the release runs them itself.
+        if workflow.patched("release-runs-its-deploys"):
+            outcomes = await self._run_deploys(to_run)
+            await workflow.wait_condition(workflow.all_handlers_finished)
+            return ReleaseResult(release_key=release.release_key, status="SUCCESS", deploys=outcomes, skipped=skipped)
+        info = workflow.info()
         # Deploys of different containers are independent, so they run side by side;
         # all of them finish (or fail) before the release reports, so none is cut off midway.
         children = [
@@ -197,6 +211,192 @@ class ReleaseWorkflow:
                 type=getattr(error, "type", None) or "DeployFailed",
                 non_retryable=True,
             )
+
+    # --- deploys, run by the release itself ---
+
+    async def _run_deploys(self, deploys: list[DeployInfo]) -> list[DeployResult]:
+        """Each deploy is a coroutine of this workflow; they run side by side.
+
+        Releases recorded before ran each deploy as a child workflow that signalled the release
+        after every step and waited for the signal to be acknowledged: a round trip per step on
+        the critical path, and a signal event per step in both histories. Run here, the release
+        keeps its own state as it goes, its Web UI page shows every step, and `status` is one query.
+        """
+        tasks = [asyncio.ensure_future(self._deploy(d)) for d in deploys]
+        await self._stop_others_on_failure(tasks)  # type: ignore[arg-type]
+        return [t.result() for t in tasks]
+
+    async def _deploy(self, d: DeployInfo) -> DeployResult:
+        """Promote one container through its environments, each under its target lock.
+
+        The environment it copies from stays locked until the copy is made, so no other release
+        replaces the version being promoted; the target stays locked through its test, so nobody
+        replaces what is being tested. Locks are taken in promotion order (the artifactory, then
+        the environments), so two releases never wait for each other in a circle.
+        """
+        run_id = workflow.info().run_id
+        steps = [StepInput(release_key=self.state.release_key, run_id=run_id, deploy=d, env=e) for e in d.environments]
+        first = ENVIRONMENTS.index(d.environments[0])
+        source = ARTIFACTORY if first == 0 else ENVIRONMENTS[first - 1]
+        try:
+            await self._wait_for_locks(d, steps[0], await self._move_locks(d, acquire=[source, d.environments[0]]))
+            if d.environments[0] == ENVIRONMENTS[0]:
+                await self._step("build", steps[0])
+            for i, step in enumerate(steps):
+                await self._step("deploy", step)
+                following = d.environments[i + 1 : i + 2]
+                # The copy is made, so the source goes back; the next environment is asked for
+                # now, while this one tests, so a free lock costs the critical path nothing.
+                answers = await self._move_locks(d, release=[source], acquire=following)
+                await self._step("test", step, done=True)
+                if following:
+                    await self._wait_for_locks(d, steps[i + 1], answers)
+                    source = step.env
+        finally:
+            # Everything this deploy holds or waits for; a cancel while waiting leaves the queue.
+            mine = [t.partition("/")[0] for t in self.locks if t.partition("/")[2] == d.container_id]
+            if mine:
+                await self._move_locks(d, release=mine)
+        return DeployResult(
+            deploy_key=d.deploy_key, artifact=f"{d.container_id}-{d.version}", environments=d.environments
+        )
+
+    async def _move_locks(self, d: DeployInfo, release: list[str] = (), acquire: list[str] = ()) -> list[LockAnswer]:  # type: ignore[assignment]
+        """Give back and ask for the locks of d's container in these places; the answers to `acquire`, in order.
+
+        The deploys' moves go out in batches, one local activity at a time: local activities
+        that run side by side and finish at different moments of one workflow task interleave
+        their markers with the steps they release, and such a history does not replay.
+        """
+        info = workflow.info()
+        gone = [self.locks.pop(f"{place}/{d.container_id}") for place in release]
+        for req in gone:
+            self.granted.discard(req.lock_id)
+        wanted = [
+            LockRequest(
+                lock_id="",  # named by the worker that asks (see LockActivities.move_locks)
+                target=f"{place}/{d.container_id}",
+                holder_id=info.workflow_id,
+                holder_run_id=info.run_id,
+                release_key=self.state.release_key,
+            )
+            for place in acquire
+        ]
+        answer: asyncio.Future[list[LockAnswer]] = asyncio.get_running_loop().create_future()
+        self.lock_moves.append((LockMove(release=gone, acquire=wanted), answer))
+        if not self.moving:
+            self.moving = True
+            asyncio.ensure_future(self._send_lock_moves())
+        try:
+            return await asyncio.shield(answer)
+        except asyncio.CancelledError:
+            # A move under way completes, so that what it asked for is known and given back.
+            await answer
+            raise
+
+    async def _send_lock_moves(self) -> None:
+        try:
+            while self.lock_moves:
+                batch, self.lock_moves = self.lock_moves, []
+                move = LockMove(
+                    release=[r for m, _ in batch for r in m.release], acquire=[r for m, _ in batch for r in m.acquire]
+                )
+                try:
+                    answers = await workflow.execute_local_activity_method(
+                        LockActivities.move_locks,
+                        move,
+                        # A local activity: a lock is bookkeeping of a few milliseconds, not a step
+                        # people watch, and as a regular activity it would cost a task round trip
+                        # and three history events each time. A wait for a lock in use shows in the
+                        # release's state instead.
+                        start_to_close_timeout=timedelta(seconds=10),
+                        retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=5)),
+                        summary=clip(
+                            ", ".join(
+                                [f"lock {r.target}" for r in move.acquire]
+                                + [f"unlock {r.target}" for r in move.release]
+                            ),
+                            200,
+                        ),
+                    )
+                except BaseException as err:
+                    for _, waiter in batch:
+                        waiter.set_exception(err)
+                    continue
+                for a in (a for a in answers if a.asked):
+                    self.locks[a.target] = next(r for r in move.acquire if r.target == a.target).model_copy(
+                        update={"lock_id": a.lock_id}
+                    )
+                self.granted.update(a.lock_id for a in answers if a.granted)
+                for m, waiter in batch:
+                    waiter.set_result(answers[: len(m.acquire)])
+                    answers = answers[len(m.acquire) :]
+        finally:
+            self.moving = False
+
+    async def _wait_for_locks(self, d: DeployInfo, step: StepInput, answers: list[LockAnswer]) -> None:
+        for answer in answers:
+            if not answer.asked:  # the one before it is granted now
+                [answer] = await self._move_locks(d, acquire=[answer.target.partition("/")[0]])
+            holder, told = answer.holder, False
+            while answer.lock_id not in self.granted:
+                if holder not in (None, step.release_key) and not told:
+                    told = True
+                    self._note(step, "waiting", "lock", note=f"{answer.target}: held by {holder}")
+                try:
+                    await workflow.wait_condition(
+                        lambda answer=answer: answer.lock_id in self.granted, timeout=LOCK_REQUEST_AGAIN
+                    )
+                except TimeoutError:
+                    # Asked again now and then: a lock workflow an operator terminated starts anew.
+                    place = answer.target.partition("/")[0]
+                    [again] = await self._move_locks(d, acquire=[place])
+                    holder = again.holder
+            if told:
+                self._note(step, "running", "lock")
+
+    async def _step(self, verb: str, step: StepInput, done: bool = False) -> None:
+        status = "done" if done else "running"
+        self._note(step, "running", verb)
+        try:
+            result, cancelled = await _whole(_start_step(verb, step, activity_id=step_summary(verb, step)))
+        except Exception as err:
+            self._note(step, "failed", verb, error=_message(root_cause(err)))
+            raise
+        self._note(step, status, verb, result.attempt)
+        if cancelled:
+            raise asyncio.CancelledError()
+
+    def _note(
+        self,
+        step: StepInput,
+        status: str,
+        verb: str,
+        attempts: int = 0,
+        error: str | None = None,
+        note: str | None = None,
+    ) -> None:
+        self._apply_progress(
+            StepProgress(
+                deploy_key=step.deploy.deploy_key,
+                env=step.env,
+                status=status,  # type: ignore[arg-type]
+                step=verb,
+                attempts=attempts,
+                error=error,
+                note=note,
+            )
+        )
+
+    @workflow.signal
+    def lock_granted(self, lock: str) -> None:
+        # Only locks this release asked for: a stray signal must not grow the state.
+        if any(r.lock_id == lock for r in self.locks.values()):
+            self.granted.add(lock)
+
+    @workflow.signal
+    def lock_check(self, lock: str) -> None:
+        """A lock asks whether this release still runs: a signal that arrives is the answer."""
 
     async def _wait_for_release_date(self) -> None:
         if self.release.release_date is None or self.release.now:
@@ -335,6 +535,10 @@ class ReleaseWorkflow:
 
     @workflow.signal
     def deploy_progress(self, progress: StepProgress) -> None:
+        """A deploy's step, from a child of a release recorded before releases ran their own deploys."""
+        self._apply_progress(progress)
+
+    def _apply_progress(self, progress: StepProgress) -> None:
         deploy = next((d for d in self.state.deploys if d.deploy_key == progress.deploy_key), None)
         if deploy is None or progress.env not in deploy.cells:
             return
@@ -362,7 +566,7 @@ class ReleaseWorkflow:
         self._show()
 
     def _show(self) -> None:
-        workflow.set_current_details(f"```\n{render_progress(self.state)}\n```")
+        workflow.set_current_details(render_details(self.state))
 
     def _set_status(self, status: str) -> None:
         self.state.status = status
@@ -379,6 +583,44 @@ class ReleaseWorkflow:
 def _message(err: BaseException) -> str:
     """An error's own words, without the "Type: " that str() of an ApplicationError puts first."""
     return clip(getattr(err, "message", None) or str(err), 1000)
+
+
+async def _whole(handle: workflow.ActivityHandle[StepResult]) -> tuple[StepResult, bool]:
+    """The step's result, and whether the release was cancelled while the step ran.
+
+    A cancelled release lets the attempt in flight finish, so no copy is cut off midway, but
+    asks Temporal for no further retries: cancel ends in seconds even while a step keeps failing.
+    """
+    try:
+        return await asyncio.shield(handle), False
+    except asyncio.CancelledError:
+        handle.cancel()
+        try:
+            return await handle, True
+        except Exception:
+            raise asyncio.CancelledError() from None
+
+
+def _start_step(verb: str, step: StepInput, activity_id: str | None = None) -> workflow.ActivityHandle[StepResult]:
+    """Start a build, deploy or test; activity_id, when given, names it for people (its summary)."""
+    return workflow.start_activity_method(
+        getattr(ReleaseActivities, verb),
+        step,
+        activity_id=activity_id,
+        # Steps heartbeat while they work, so a step whose worker died is
+        # retried after heartbeat_timeout, not after the whole start-to-close.
+        start_to_close_timeout=timedelta(minutes=30),
+        heartbeat_timeout=timedelta(seconds=5),
+        # Simulated faults and workspace errors a person can fix (permissions, a full
+        # disk) retry with a capped backoff; bad input and bugs fail at once.
+        retry_policy=RetryPolicy(
+            initial_interval=timedelta(seconds=1),
+            maximum_interval=timedelta(seconds=5),
+            non_retryable_error_types=NON_RETRYABLE_ERRORS,
+        ),
+        cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        summary=step_summary(verb, step),
+    )
 
 
 def _skipped(deploy: DeployState) -> bool:
@@ -452,43 +694,17 @@ class DeployWorkflow:
             await self._step("test", step, "done")
 
     async def _step(self, verb: str, step: StepInput, status: str) -> None:
-        handle = self._start(verb, step)
         try:
-            result = await asyncio.shield(handle)
-        except asyncio.CancelledError:
-            # A cancelled release lets the attempt in flight finish, so no copy is cut off
-            # midway, but asks Temporal for no further retries: cancel ends in seconds
-            # even while a step keeps failing.
-            handle.cancel()
-            try:
-                result = await handle
-            except Exception:
-                raise asyncio.CancelledError() from None
-            await self._report(step, status, verb, result.attempt)
-            raise
+            result, cancelled = await _whole(self._start(verb, step))
         except Exception as err:
             await self._report(step, "failed", verb, error=_message(root_cause(err)))
             raise
         await self._report(step, status, verb, result.attempt)
+        if cancelled:
+            raise asyncio.CancelledError()
 
     def _start(self, verb: str, step: StepInput) -> workflow.ActivityHandle[StepResult]:
-        return workflow.start_activity_method(
-            getattr(ReleaseActivities, verb),
-            step,
-            # Steps heartbeat while they work, so a step whose worker died is
-            # retried after heartbeat_timeout, not after the whole start-to-close.
-            start_to_close_timeout=timedelta(minutes=30),
-            heartbeat_timeout=timedelta(seconds=5),
-            # Simulated faults and workspace errors a person can fix (permissions, a full
-            # disk) retry with a capped backoff; bad input and bugs fail at once.
-            retry_policy=RetryPolicy(
-                initial_interval=timedelta(seconds=1),
-                maximum_interval=timedelta(seconds=5),
-                non_retryable_error_types=NON_RETRYABLE_ERRORS,
-            ),
-            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-            summary=step_summary(verb, step),
-        )
+        return _start_step(verb, step)
 
     # --- target locks ---
 

@@ -21,7 +21,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities import ReleaseActivities
-from locks import LockActivities, LockRequest, TargetLockWorkflow
+from locks import LockActivities, LockAnswer, LockMove, LockRequest, TargetLockWorkflow
 from release_management import ReleaseManagement
 from tests.conftest import REPO
 from utils import FailureInjector
@@ -168,6 +168,12 @@ class TrackedLocks(LockActivities):
         self.ids.add(req.lock_id)
         return await super().request_lock(req)
 
+    @activity.defn(name="move_locks")
+    async def move_locks(self, move: LockMove) -> list[LockAnswer]:
+        answers = await super().move_locks(move)
+        self.ids.update(a.lock_id for a in answers)
+        return answers
+
     async def settle(self, limit: float = 5) -> None:
         handles = [self.client.get_workflow_handle(i) for i in sorted(self.ids)]
         try:
@@ -193,7 +199,7 @@ async def in_process_worker(
     `replace` is an activity function (or a list of them) named like the one it stands in for (say `deploy`).
     """
     locks = TrackedLocks(env.client)
-    activities = [*ReleaseActivities(rm, failures).all(), locks.request_lock]
+    activities = [*ReleaseActivities(rm, failures).all(), *locks.all()]
     stand_ins = [] if replace is None else replace if isinstance(replace, list) else [replace]
     names = {f.__name__ for f in stand_ins}
     activities = [a for a in activities if a.__name__ not in names] + stand_ins

@@ -479,6 +479,7 @@ def test_a_cancel_lets_the_step_in_flight_finish_whole(rm: ReleaseManagement) ->
 
 
 def test_a_cancel_during_a_step_that_fails_ends_the_attempt_as_cancelled(rm: ReleaseManagement, tmp_path: Path) -> None:
+    rm.step_seconds = 0.01  # long enough to heartbeat, which is when a cancel reaches a step
     acts, env = ReleaseActivities(rm), ActivityEnvironment()
     env.run(acts.build, frontend(rm))
     (tmp_path / "environments").write_text("a file where a folder should be")

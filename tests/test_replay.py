@@ -16,7 +16,7 @@ from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
 
 import workflows
 from locks import TargetLockWorkflow
-from tests.record_histories import GENERATION
+from tests.record_histories import GENERATION, PAST_GENERATIONS
 from workflows import DeployWorkflow, ReleaseWorkflow
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
@@ -39,7 +39,7 @@ def test_the_recorded_scenarios_are_all_there() -> None:
     assert types == {"ReleaseWorkflow", "DeployWorkflow", "TargetLockWorkflow"}
     # Every generation stays: the first (no generation in the name) and the current one.
     generations = {p.name.split(".")[1] for p in HISTORIES if not p.name.split(".")[1].isdigit()}
-    assert generations == {GENERATION} and any(p.name.split(".")[1].isdigit() for p in HISTORIES)
+    assert generations == {GENERATION, *PAST_GENERATIONS} and any(p.name.split(".")[1].isdigit() for p in HISTORIES)
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.stem)
@@ -50,9 +50,12 @@ async def test_recorded_history_replays(path: Path) -> None:
     await replayer.replay_workflow(load(path))
 
 
-# A reorder of the real DeployWorkflow: each environment tests before it deploys, in both generations
-# (with target locks, and the first one, without). Each swap must find its code exactly once.
+# A reorder of the real workflows: each environment tests before it deploys, in every generation
+# (the release running its own deploys; a DeployWorkflow with target locks; the first one, without).
+# Each swap must find its code exactly once.
 SWAPS = [
+    ('await self._step("deploy", step)\n', 'await self._step("test", step)\n'),
+    ('await self._step("test", step, done=True)\n', 'await self._step("deploy", step, done=True)\n'),
     (
         'await self._step("deploy", step, "running")\n',
         'await self._step("test", step, "running")\n',
@@ -102,19 +105,21 @@ async def replay_failures(module: ModuleType, paths: list[Path]) -> dict[str, Ex
 
 
 def deploy_histories() -> list[Path]:
+    """The histories in which a deploy step was scheduled: a DeployWorkflow's, or a release's that runs its deploys."""
     return [
         p
         for p in HISTORIES
-        if json.loads(p.read_text())["history"]["events"][0]["workflowExecutionStartedEventAttributes"]["workflowType"][
-            "name"
-        ]
-        == "DeployWorkflow"
+        if any(
+            e.get("activityTaskScheduledEventAttributes", {}).get("activityType", {}).get("name") == "deploy"
+            for e in json.loads(p.read_text())["history"]["events"]
+        )
     ]
 
 
 async def test_a_reordered_deploy_workflow_is_caught_by_replay() -> None:
     deploys = deploy_histories()
     assert len(deploys) >= 20, deploys
+    assert {p.name.split(".")[1] for p in deploys} >= {GENERATION, *PAST_GENERATIONS}, deploys
     # The same loading, unchanged: every history replays, so what fails below fails for the reorder.
     assert await replay_failures(workflows_module([]), HISTORIES) == {}
     failures = await replay_failures(workflows_module(SWAPS), HISTORIES)
