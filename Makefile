@@ -18,7 +18,7 @@ alive = [ -f $(1) ] && ps -o stat= -p "$$(cat $(1))" 2>/dev/null | grep -qv '^Z'
 DETACH := $(shell command -v setsid 2>/dev/null) nohup
 WORKSPACE := $(or $(RELEASE_WORKSPACE),.)
 
-.PHONY: help install demo server worker release stop stop-worker kill-worker test chaos faults mutation histories screenshots lint clean-workspace
+.PHONY: help install demo server worker release stop stop-worker kill-worker test chaos faults mutation histories bench screenshots lint clean-workspace
 
 help:
 	@echo "make demo    install, start a dev server and a worker, run the INITIAL release"
@@ -27,6 +27,7 @@ help:
 	@echo "make chaos   kill workers and restart the server during a release; print the figures"
 	@echo "make faults  plant known faults in a copy of the repo, one at a time; each must fail a test"
 	@echo "make mutation  mutation testing of the core modules; prints the score per file and the survivors"
+	@echo "make bench   time releases against the Temporal floor on its own server and workers; a table and bench.json"
 	@echo "make server | worker | stop-worker | kill-worker | release KEY=... | histories | screenshots | lint | clean-workspace"
 
 $(STAMP): pyproject.toml
@@ -139,6 +140,11 @@ mutation: $(STAMP)
 histories: $(STAMP)
 	$(PY) -m tests.record_histories
 
+# Release latency, the floor Temporal sets, throughput, retries, history and ledger figures: a Markdown table and
+# bench.json. Its own dev servers, workers and workspace; BENCH_RUNS, BENCH_THROUGHPUT, BENCH_WORKERS; ARGS=--quick.
+bench: $(STAMP)
+	$(PY) resources/bench.py $(ARGS)
+
 # Real Web UI screenshots for the docs (needs Debian's chromium); its own server and worker on free ports.
 screenshots: $(STAMP)
 	$(PY) resources/screenshots.py
@@ -150,4 +156,4 @@ lint: $(STAMP)
 # Empty the workspace folders (artifacts, deployed files, ledger); the folders stay.
 clean-workspace:
 	find $(WORKSPACE)/artifactory $(WORKSPACE)/environments -type f ! -name .gitkeep -delete
-	rm -f $(WORKSPACE)/ledger.jsonl
+	rm -f $(WORKSPACE)/ledger.jsonl $(WORKSPACE)/ledger.index.sqlite $(WORKSPACE)/ledger.index.sqlite-wal $(WORKSPACE)/ledger.index.sqlite-shm
