@@ -122,6 +122,9 @@ async def test_cancel_from_the_command_line_reports_what_was_deployed(
     finally:
         stopped = worker.stop_quietly()  # an assert here would hide the failure that brought us here
     assert stopped == 0, (tmp_path / "worker.log").read_text()
+    # Stopped between steps: once the cancel reached the release, no further step was scheduled
+    # (the ones in flight may finish, so how far each got depends on the machine's speed).
+    assert await steps_after_cancel(dev_server.client, f"release-{key}") == []
     # What the result says was deployed is what the environments hold, and no file is half there.
     said = followed.split("deployed before the cancel: ", 1)[1].split(")", 1)[0]
     held = {
@@ -136,3 +139,15 @@ async def test_cancel_from_the_command_line_reports_what_was_deployed(
         for env in envs.split(", ")
     }
     assert held == claimed, f"the result says {said!r}; the environments hold {sorted(held)}"
+
+
+async def steps_after_cancel(client: Client, workflow_id: str) -> list[str]:
+    """The steps a release scheduled after its cancel request reached it, as its history records them."""
+    history = await client.get_workflow_handle(workflow_id).fetch_history()
+    cancelled, later = False, []
+    for e in history.events:
+        cancelled = cancelled or e.HasField("workflow_execution_cancel_requested_event_attributes")
+        if cancelled and e.activity_task_scheduled_event_attributes.activity_type.name in ("build", "deploy", "test"):
+            later.append(e.activity_task_scheduled_event_attributes.activity_id)
+    assert cancelled, "the release never received the cancel"
+    return later
