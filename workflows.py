@@ -106,6 +106,9 @@ class ReleaseWorkflow:
     async def _release(self) -> ReleaseResult:
         release = self.release
         if not release.deploys:
+            # A regular activity, not a local one: a catalog that cannot be read is fixed by a
+            # person while this retries, and the Web UI and the starter show a pending activity
+            # with its attempt and last error; a local activity would not show.
             gathered = await workflow.execute_activity_method(
                 ReleaseActivities.gather_deployments,
                 release.release_key,
@@ -134,6 +137,7 @@ class ReleaseWorkflow:
         self.gathered = True
 
         await self._wait_for_release_date()
+        # A regular activity too: it asks the approval system, which can be slow or away.
         report = await workflow.execute_activity_method(
             ReleaseActivities.gather_release_approval,
             release,
@@ -602,7 +606,11 @@ async def _whole(handle: workflow.ActivityHandle[StepResult]) -> tuple[StepResul
 
 
 def _start_step(verb: str, step: StepInput, activity_id: str | None = None) -> workflow.ActivityHandle[StepResult]:
-    """Start a build, deploy or test; activity_id, when given, names it for people (its summary)."""
+    """Start a build, deploy or test; activity_id, when given, names it for people (its summary).
+
+    Regular activities: these are the steps people watch, pending in the Web UI with their
+    attempts, heartbeating while they work, so a dead worker is noticed in seconds.
+    """
     return workflow.start_activity_method(
         getattr(ReleaseActivities, verb),
         step,
