@@ -419,7 +419,8 @@ def render_details(state: ReleaseState) -> str:
             if c is not None and c.status == "cancelled" and c.deployed:
                 text = "deployed"
             if c is not None and c.attempts > c.steps_done:
-                text += f" (+{c.attempts - c.steps_done} retries)"
+                retries = c.attempts - c.steps_done
+                text += f" (+{retries} retr{'y' if retries == 1 else 'ies'})"
             cells.append(text)
         name = d.artifact + ("" if d.approved else " (not approved)")
         rows.append(f"| {name} | {' | '.join(cells)} |")
