@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from temporalio.exceptions import ApplicationError
 
-from shared import Cell, DeployState, ReleaseInfo
+from shared import Cell, DeployState, ReleaseInfo, ReleaseState, render_details
 from workflows import ReleaseWorkflow, _message, _skipped
 
 
@@ -81,3 +81,32 @@ def test_a_huge_error_is_cut_to_a_thousand_characters() -> None:
 def test_a_deploy_is_skipped_only_when_every_cell_is() -> None:
     assert _skipped(deploy("a", DEV=Cell(status="skipped"), TEST=Cell(status="skipped")))
     assert not _skipped(deploy("a", DEV=Cell(status="skipped"), TEST=Cell(status="pending")))
+
+
+def test_the_web_ui_details_are_a_markdown_table_of_every_environment() -> None:
+    cells = {
+        "DEV": Cell(status="done", steps_done=3, attempts=4),
+        "TEST": Cell(status="running", step="test", steps_done=1, attempts=1),
+        "QC": Cell(status="waiting", step="lock"),
+        "PROD": Cell(),
+    }
+    state = ReleaseState(
+        release_key="K",
+        status="FAILED",
+        error="it broke | badly\nhere",
+        deploys=[
+            DeployState(
+                deploy_key="K:f",
+                container_id="frontend",
+                artifact="frontend-1.1",
+                approved=False,
+                cells=cells,
+                waiting_for="QC/frontend: held by OTHER",
+            )
+        ],
+    )
+    lines = render_details(state).splitlines()
+    assert lines[0] == "**FAILED**: it broke \\| badly here"  # one line; a pipe does not break the table
+    assert "| deploy | DEV | TEST | QC | PROD |" in lines
+    assert "| frontend-1.1 (not approved) | ✓ (+1 retry) | test | waiting | · |" in lines
+    assert lines[-1] == "- frontend-1.1 waits for QC/frontend: held by OTHER"
