@@ -395,42 +395,39 @@ def describe_validation_error(err: ValueError) -> str:
 
 
 # How a cell reads in the Web UI's details; a cell in flight shows its step ("deploy").
-_MARK = {"pending": "·", "done": "✓", "failed": "✗ failed", "skipped": "skipped", "cancelled": "cancelled"}
+_MARK = {"pending": "pending", "done": "✓", "failed": "✗ failed", "skipped": "skipped", "cancelled": "cancelled"}
 
 
 def render_details(state: ReleaseState) -> str:
-    """The release for the Web UI's Current Details: a Markdown table that wraps to fit the panel."""
+    """The release for the Web UI's Current Details: Markdown, one line per deploy, so it wraps to fit the panel.
+
+    (A Markdown table is drawn there without cell padding, its cells running into each other.)
+    """
     head = f"**{state.status}**" + (f": {_cell_text(state.error)}" if state.error else "")
     if not state.approved:
         head += " · the release itself waits for approval"
     elif state.approved_by:
         head += f" · approved by {_cell_text(state.approved_by)}{_at(state.approved_at)}"
-    envs = [e for e in ENVIRONMENTS if any(e in d.cells for d in state.deploys)]
-    if not envs:
-        return head
-    rows = [f"| deploy | {' | '.join(envs)} |", "|---" * (len(envs) + 1) + "|"]
+    lines = [head, ""]
     for d in state.deploys:
         cells = []
-        for env in envs:
-            c = d.cells.get(env)
-            text = "" if c is None else _MARK.get(c.status, c.step or c.status)
-            if c is not None and c.status == "waiting":
-                text = "waiting"
-            if c is not None and c.status == "cancelled" and c.deployed:
+        for env, c in d.cells.items():
+            text = "waiting" if c.status == "waiting" else _MARK.get(c.status, c.step or c.status)
+            if c.status == "cancelled" and c.deployed:
                 text = "deployed"
-            if c is not None and c.attempts > c.steps_done:
+            if c.attempts > c.steps_done:
                 retries = c.attempts - c.steps_done
                 text += f" (+{retries} retr{'y' if retries == 1 else 'ies'})"
-            cells.append(text)
-        name = d.artifact + ("" if d.approved else " (not approved)")
-        rows.append(f"| {name} | {' | '.join(cells)} |")
+            cells.append(f"{env} {text}")
+        name = f"**{d.artifact}**" + ("" if d.approved else " (not approved)")
+        lines.append(f"- {name}: {' · '.join(cells)}")
     waits = [f"- {d.artifact} waits for {_cell_text(d.waiting_for)}" for d in state.deploys if d.waiting_for]
-    return "\n".join([head, "", *rows, *([""] + waits if waits else [])])
+    return "\n".join(lines + ([""] + waits if waits else []))
 
 
 def _cell_text(text: str) -> str:
-    """Text from outside (an error, a name) kept on one line of a Markdown table."""
-    return " ".join(text.split()).replace("|", "\\|")
+    """Text from outside (an error, a name) kept on one line, its Markdown emphasis marks shown as written."""
+    return " ".join(text.split()).replace("*", "\\*").replace("_", "\\_")
 
 
 def _at(when: datetime | None) -> str:

@@ -139,9 +139,9 @@ class Chromium:
         reply = await self.send("Runtime.evaluate", expression=expression, returnByValue=True)
         return reply.get("result", {}).get("result", {}).get("value")
 
-    async def screenshot(self, url: str, name: str, expect: str) -> bool:
+    async def screenshot(self, url: str, name: str, expect: str, width: int = 1600) -> bool:
         """resources/name, once the page, or a frame in it (the UI renders markdown in one), shows `expect`."""
-        size = {"width": 1600, "deviceScaleFactor": 1, "mobile": False}
+        size = {"width": width, "deviceScaleFactor": 1, "mobile": False}
         await self.send("Emulation.setDeviceMetricsOverride", height=1000, **size)
         await self.send("Page.navigate", url=url)
         docs = "[document, ...[...document.querySelectorAll('iframe')].map(f => f.contentDocument)]"
@@ -224,10 +224,15 @@ async def main(chromium: str) -> int:
 
             query = quote(f'ReleaseKey="{INITIAL}"', safe="")
             ok = await browser.screenshot(f"{ui}?query={query}", "ui-release-list.png", f"release-{INITIAL}")
-            child = f"release-{INITIAL}/frontend"
-            run_id = (await env.client.get_workflow_handle(child).describe()).run_id
-            url = f"{ui}/{quote(child, safe='')}/{run_id}/timeline"
-            ok &= await browser.screenshot(url, "ui-release-timeline.png", "deploy frontend-1.0 → DEV")
+            # The release runs its deploys itself: its own page holds every step.
+            release = f"release-{INITIAL}"
+            run_id = (await env.client.get_workflow_handle(release).describe()).run_id
+            url = f"{ui}/{release}/{run_id}"
+            # The timeline draws only the rows in view, newest first: the last tests are in PROD.
+            ok &= await browser.screenshot(f"{url}/timeline", "ui-release-timeline.png", " in PROD")
+            # Its Current Details, a Markdown table: every environment's column fits a 1400 px window.
+            details = "ui-release-details.png"
+            ok &= await browser.screenshot(f"{url}/user-metadata", details, "backendforfrontend-1.0", width=1400)
             ok &= await awaiting_approval(env, browser, senv, ui)
     finally:
         if browser:
