@@ -6,7 +6,7 @@ keeps the lock through worker kills and server restarts. A holder that ended wit
 (a terminated release) is found by signalling it while others wait: a signal to a closed
 workflow fails, and the lock moves on.
 
-A release takes and gives back locks with a local activity, `move_locks`. A free lock costs one
+A release takes and gives back locks with an activity, `move_locks`. A free lock costs one
 start of its workflow, with the requester as its holder: the server refuses a second start of a
 running workflow id, so that start is the grant, and no round trip through a workflow task is
 needed. A lock in use gets the request as a signal (signal-with-start) and grants it later with
@@ -43,7 +43,7 @@ class LockRequest(BaseModel):
 
 
 class LockMove(BaseModel):
-    """Locks to give back and locks to ask for, in one local activity."""
+    """Locks to give back and locks to ask for, in one activity."""
 
     release: list[LockRequest] = Field(default_factory=list)
     acquire: list[LockRequest] = Field(default_factory=list)

@@ -38,6 +38,7 @@ try:
         WorkflowExecutionStatus,
         WorkflowFailureError,
         WorkflowHandle,
+        WorkflowQueryFailedError,
         WorkflowUpdateFailedError,
         WorkflowUpdateRPCTimeoutOrCancelledError,
     )
@@ -340,8 +341,8 @@ async def progress(handle: WorkflowHandle) -> ReleaseState | None:
     """The release's state, or None when no worker answers (or the server is away)."""
     try:
         return await handle.query(ReleaseWorkflow.progress, rpc_timeout=WORKER_ANSWER)
-    except (TimeoutError, RPCError):
-        return None
+    except (TimeoutError, RPCError, WorkflowQueryFailedError):
+        return None  # a query that failed once (a worker restarting, say) is asked again at the next look
 
 
 async def worker_polls(client: Client, task_queue: str) -> bool:

@@ -67,7 +67,7 @@ class ReleaseWorkflow:
         self.granted: set[str] = set()
         # The locks this release's deploys hold or wait for, by target ("DEV/frontend").
         self.locks: dict[str, LockRequest] = {}
-        # Lock moves waiting for the local activity that sends them (see _move_locks).
+        # Lock moves waiting for the activity that sends them (see _move_locks).
         self.lock_moves: list[tuple[LockMove, asyncio.Future[list[LockAnswer]]]] = []
         self.moving = False
 
@@ -250,9 +250,12 @@ class ReleaseWorkflow:
                 await self._step("deploy", step)
                 following = d.environments[i + 1 : i + 2]
                 # The copy is made, so the source goes back; the next environment is asked for
-                # now, while this one tests, so a free lock costs the critical path nothing.
-                answers = await self._move_locks(d, release=[source], acquire=following)
-                await self._step("test", step, done=True)
+                # now, beside this one's test, so a free lock costs the critical path nothing.
+                moved = asyncio.ensure_future(self._move_locks(d, release=[source], acquire=following))
+                try:
+                    await self._step("test", step, done=True)
+                finally:
+                    answers = await moved  # what it asked for is known before anything is given back
                 if following:
                     await self._wait_for_locks(d, steps[i + 1], answers)
                     source = step.env
@@ -268,9 +271,8 @@ class ReleaseWorkflow:
     async def _move_locks(self, d: DeployInfo, release: list[str] = (), acquire: list[str] = ()) -> list[LockAnswer]:  # type: ignore[assignment]
         """Give back and ask for the locks of d's container in these places; the answers to `acquire`, in order.
 
-        The deploys' moves go out in batches, one local activity at a time: local activities
-        that run side by side and finish at different moments of one workflow task interleave
-        their markers with the steps they release, and such a history does not replay.
+        The deploys' moves go out in batches, one activity at a time, so that a release of
+        many deploys does not start an activity per deploy at each step.
         """
         info = workflow.info()
         gone = [self.locks.pop(f"{place}/{d.container_id}") for place in release]
@@ -306,13 +308,14 @@ class ReleaseWorkflow:
                     release=[r for m, _ in batch for r in m.release], acquire=[r for m, _ in batch for r in m.acquire]
                 )
                 try:
-                    answers = await workflow.execute_local_activity_method(
+                    answers = await workflow.execute_activity_method(
                         LockActivities.move_locks,
                         move,
-                        # A local activity: a lock is bookkeeping of a few milliseconds, not a step
-                        # people watch, and as a regular activity it would cost a task round trip
-                        # and three history events each time. A wait for a lock in use shows in the
-                        # release's state instead.
+                        # A regular activity, though a local one would be cheaper (no task round
+                        # trip, no history events): with local activities, a status query that
+                        # arrived while one ran failed with a nondeterminism error in the SDK's
+                        # core ("Missing associated machine for LocalActivity"). It does not hold
+                        # up the workflow task either, so the step scheduled beside it starts at once.
                         start_to_close_timeout=timedelta(seconds=10),
                         retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=5)),
                         summary=clip(
