@@ -128,3 +128,22 @@ async def attempts(env: WorkflowEnvironment, handle: WorkflowHandle, children: b
             if e.HasField("activity_task_started_event_attributes")
         ]
     return [a.attempt for a in await activity_starts(env.client, handle.id)]
+
+
+async def test_status_queries_while_a_release_runs_are_all_answered(
+    dev_server: WorkflowEnvironment, rm: ReleaseManagement
+) -> None:
+    """Queried without pause from start to end, as a starter and a watching person would: every answer comes.
+
+    (With its locks taken by local activities, a query that arrived while one ran failed
+    with a nondeterminism error in the SDK's core.)
+    """
+    async with in_process_worker(dev_server, rm) as tq:
+        handle = await start(dev_server, tq, ReleaseInfo(release_key="RELEASE-NOV-23-INITIAL"))
+        result = asyncio.ensure_future(handle.result())
+        answers, statuses = 0, set()
+        while not result.done():
+            statuses.add((await handle.query(ReleaseWorkflow.progress)).status)
+            answers += 1
+        assert (await result).status == "SUCCESS"
+    assert answers >= 10 and "RUNNING" in statuses, (answers, statuses)
