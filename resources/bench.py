@@ -260,21 +260,11 @@ def temporal_binary() -> str:
 
 def script_env(address: str, workspace: Path, task_queue: str, **overrides: str) -> dict[str, str]:
     """The settings a person would give the scripts, isolated from any .env, profile or shell setting."""
-    prefixes = ("TEMPORAL_", "RELEASE_", "FAILURE_", "DEMO_", "WORKER_")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
-    env.update(
-        TEMPORAL_ADDRESS=address,
-        TEMPORAL_NAMESPACE="default",
-        TEMPORAL_CONFIG_FILE=str(workspace / "no-profile.toml"),
-        RELEASE_ENV_FILE="",
-        RELEASE_WORKSPACE=str(workspace),
-        RELEASE_TASK_QUEUE=task_queue,
-        FAILURE_RATE="never",
-        DEMO_STEP_SECONDS="0",
-        PYTHONUNBUFFERED="1",
-    )
-    env.update(overrides)
-    return env
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))  # tests/ is not installed with the project
+    from tests.support import script_env as isolated  # here: a broken import fails only the phases that need it
+
+    return isolated(address, workspace, task_queue, **overrides)
 
 
 @dataclass

@@ -30,7 +30,11 @@ from workflows import DeployWorkflow, ReleaseWorkflow
 
 def script_env(target: str, workspace: Path, task_queue: str, **overrides: str) -> dict[str, str]:
     """The environment a person would set, isolated from any .env or profile on this machine."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "RELEASE_", "FAILURE_", "DEMO_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("TEMPORAL_", "RELEASE_", "FAILURE_", "DEMO_", "WORKER_"))
+    }
     env.update(
         TEMPORAL_ADDRESS=target,
         TEMPORAL_NAMESPACE="default",
