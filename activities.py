@@ -40,6 +40,8 @@ class ReleaseActivities:
         self.failures = failures or FailureInjector("never")
         if rm.after_effect is None or isinstance(getattr(rm.after_effect, "__self__", None), ReleaseActivities):
             rm.after_effect = self._after_effect
+        if rm.midway is None or isinstance(getattr(rm.midway, "__self__", None), ReleaseActivities):
+            rm.midway = self._midway
 
     def all(self) -> list[Callable[..., Any]]:
         """Every activity, for registering on a worker."""
@@ -109,6 +111,11 @@ class ReleaseActivities:
         # The effect is in place, its ledger line not yet: a strike here (FAILURE_AT=effect) is
         # a crash that leaves an applied step unrecorded, for the retry to find and claim.
         self.failures.maybe_fail(step_summary(verb, step), attempt, key=step.release_key, point="effect")
+
+    def _midway(self, verb: str, step: StepInput, attempt: int) -> None:
+        # The artifact is deployed, its configuration not yet (FAILURE_AT=midway): a crash here
+        # must leave a configuration beside the artifact it names, and the retry completes the pair.
+        self.failures.maybe_fail(step_summary(verb, step), attempt, key=step.release_key, point="midway")
 
     def _run(self, what: str, fn: Callable[[], T]) -> T:
         done: list[T] = []

@@ -18,18 +18,26 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import NamedTuple
+from typing import Annotated, NamedTuple
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from shared import (
+    ARTIFACTORY,
+    DEFAULT_CHECKS,
     ENVIRONMENTS,
+    MAX_CHECKS,
+    MAX_FREEZE_WINDOWS,
     ApprovalPolicy,
     ApprovalRecord,
     ApprovalReport,
+    ConfigValue,
     DeployInfo,
+    FreezeWindow,
     ReleaseInfo,
     StepInput,
+    check_check_name,
+    check_config,
     check_release_key,
     clip,
     describe_validation_error,
@@ -56,8 +64,18 @@ class InvalidStep(ReleaseError):
     """A step whose input fails validation, as a client that skipped it could send."""
 
 
+class NotVerified(ReleaseError):
+    """A promotion of a version the ledger does not show passing its tests in the environment before."""
+
+
+class GateFailed(ReleaseError):
+    """A quality gate's verdict: final for this version in this environment, whatever a retry would do."""
+
+
 # Error types a retry cannot fix; workflows list them in their retry policies.
-NON_RETRYABLE_ERRORS = [c.__name__ for c in (UnknownRelease, CatalogError, MissingArtifact, InvalidStep)]
+NON_RETRYABLE_ERRORS = [
+    c.__name__ for c in (UnknownRelease, CatalogError, MissingArtifact, InvalidStep, NotVerified, GateFailed)
+]
 
 # An error message quotes at most this much of what it read, so one line stays one line.
 QUOTE_MAX = 300
@@ -138,6 +156,18 @@ class Ledger:
             applied = not claimed
             self._append(fd, {**entry, "applied": applied})
             return applied
+
+    def verified(self, container: str, version: str, place: str) -> bool:
+        """Whether the ledger records container at version built (place "artifactory") or passing its tests in place.
+
+        O(1) through the index, like record_unless_claimed; any run of any release counts.
+        """
+        proof = (container, version, place)
+        with self._locked() as fd, self._indexed(fd, build=True) as index:
+            found = index.verified(proof) if index is not None else None
+            if found is None:
+                found = any(_proof_of(e) == proof for e in self._read(fd)[0])
+            return found
 
     def applied_before(self, identity: tuple[object, ...]) -> bool:
         """Whether a line claims the effect of identity (see identity_of); reads the whole ledger."""
@@ -241,6 +271,20 @@ def _claimed(entries: list[dict[str, object]], identity: tuple[object, ...]) -> 
     return any(_claims(e) and identity_of(e) == identity for e in entries)
 
 
+def _proof_of(entry: Mapping[str, object]) -> tuple[object, object, object] | None:
+    """What a ledger line proves for promotions: (container, version, "artifactory") for a build,
+    (container, version, env) for tests that passed in env; None for anything else.
+
+    Test lines written before quality gates have no "passed": those tests could only pass.
+    """
+    step = entry.get("step")
+    if step == "build":
+        return entry.get("container"), entry.get("version"), ARTIFACTORY
+    if step == "test" and entry.get("passed", True) is True:
+        return entry.get("container"), entry.get("version"), entry.get("env")
+    return None
+
+
 # Connections to an index that a forked child inherited: SQLite forbids using them in the child, closing
 # included, so they are kept here, unused, for its life.
 _INHERITED: list[sqlite3.Connection] = []
@@ -273,7 +317,8 @@ class _ClaimIndex:
     database file) outside the flock: SQLite's own locks order that, and it changes no answer.
     """
 
-    VERSION = 1
+    # 2: proofs (builds and passed tests) beside claims; an index of version 1 is built again.
+    VERSION = 2
     # How many bytes before the covered end the index keeps, to tell an appended ledger from a rewritten one.
     SEAL = 256
     # Seconds to wait for SQLite's own lock, which only a connection closing outside the flock can hold.
@@ -319,6 +364,16 @@ class _ClaimIndex:
         assert self.db is not None
         try:
             return self.db.execute("SELECT 1 FROM claims WHERE identity = ?", (_key(identity),)).fetchone() is not None
+        except sqlite3.Error as e:
+            self._close()
+            self._warn(e)
+            return None
+
+    def verified(self, proof: tuple[object, ...]) -> bool | None:
+        """Whether a line proves proof (see _proof_of); None if the index fails (then the ledger answers)."""
+        assert self.db is not None
+        try:
+            return self.db.execute("SELECT 1 FROM proofs WHERE proof = ?", (_key(proof),)).fetchone() is not None
         except sqlite3.Error as e:
             self._close()
             self._warn(e)
@@ -377,6 +432,7 @@ class _ClaimIndex:
         self.opened = (os.getpid(), st.st_dev, st.st_ino)
         db.execute("BEGIN IMMEDIATE")
         db.execute("CREATE TABLE claims (identity TEXT PRIMARY KEY) WITHOUT ROWID")
+        db.execute("CREATE TABLE proofs (proof TEXT PRIMARY KEY) WITHOUT ROWID")
         db.execute("CREATE TABLE coverage (dev INTEGER, ino INTEGER, covered INTEGER, seal BLOB)")
         db.execute("INSERT INTO coverage VALUES (0, 0, 0, x'')")
         db.execute(f"PRAGMA user_version = {self.VERSION}")
@@ -394,6 +450,8 @@ class _ClaimIndex:
             claims = sorted({_key(identity_of(e)) for e in entries if _claims(e)})
             # In key order SQLite fills its pages one after another: an index build takes half the time.
             self.db.executemany("INSERT OR IGNORE INTO claims VALUES (?)", ((k,) for k in claims))
+            proofs = sorted({_key(p) for e in entries if (p := _proof_of(e)) is not None})
+            self.db.executemany("INSERT OR IGNORE INTO proofs VALUES (?)", ((k,) for k in proofs))
         ledger = os.fstat(fd)
         self.db.execute(
             "UPDATE coverage SET dev = ?, ino = ?, covered = ?, seal = ?",
@@ -449,20 +507,86 @@ def _seal(fd: int, end: int) -> bytes:
     return _read_bytes(fd, start, end)
 
 
+def _known_environment(env: str) -> str:
+    if env not in ENVIRONMENTS:
+        raise ValueError(f"unknown environment {clip(env)!r}; the environments are {', '.join(ENVIRONMENTS)}")
+    return env
+
+
 class CatalogRelease(BaseModel):
     release_key: str
     release_date: str | None = None
     approved: bool = True
-    environments: list[str] = Field(min_length=1)
+    environments: list[Annotated[str, AfterValidator(_known_environment)]] = Field(min_length=1)
     versions: dict[str, str] = Field(min_length=1)
     unapproved: list[str] = Field(default_factory=list)
     approval_policy: ApprovalPolicy | None = None
 
 
+class EnvironmentSettings(BaseModel):
+    """What the catalog says about one environment: its quality gates, configuration and freeze windows."""
+
+    # A misspelt field ("check") would silently leave an environment without its gates.
+    model_config = ConfigDict(extra="forbid")
+
+    # None: the default checks of the environment (DEFAULT_CHECKS); [] : no quality gate.
+    checks: list[Annotated[str, AfterValidator(check_check_name)]] | None = Field(default=None, max_length=MAX_CHECKS)
+    config: dict[str, ConfigValue] = Field(default_factory=dict)
+    freeze: list[FreezeWindow] = Field(default_factory=list, max_length=MAX_FREEZE_WINDOWS)
+
+    @field_validator("checks")
+    @classmethod
+    def _checks(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and len(set(v)) < len(v):
+            raise ValueError("a check is named twice")
+        return v
+
+    @field_validator("config")
+    @classmethod
+    def _config(cls, v: dict[str, ConfigValue]) -> dict[str, ConfigValue]:
+        return check_config(v)
+
+
 class Catalog(BaseModel):
     containers: dict[str, str]
     default_approval_policy: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
+    environments: dict[str, EnvironmentSettings] = Field(default_factory=dict)
     releases: list[CatalogRelease]
+
+    @field_validator("environments")
+    @classmethod
+    def _environments(cls, v: dict[str, EnvironmentSettings]) -> dict[str, EnvironmentSettings]:
+        for env in v:
+            _known_environment(env)
+        return v
+
+    def settings(self, env: str) -> EnvironmentSettings:
+        return self.environments.get(env) or EnvironmentSettings()
+
+    def checks(self, env: str) -> list[str]:
+        checks = self.settings(env).checks
+        return list(DEFAULT_CHECKS.get(env, []) if checks is None else checks)
+
+
+def _catalog_problem(err: ValidationError, text: str) -> str:
+    """A validation error of the catalog in one line: the release (by key) and the field of each problem."""
+    try:
+        data = json.loads(text)
+        releases = data.get("releases") if isinstance(data, dict) else None
+    except (ValueError, RecursionError):
+        releases = None
+    parts = []
+    for e in err.errors():
+        loc, msg = list(e.get("loc", ())), str(e.get("msg", "")).removeprefix("Value error, ")
+        where = ""
+        if loc[:1] == ["releases"] and len(loc) > 1 and isinstance(loc[1], int):
+            entry = releases[loc[1]] if isinstance(releases, list) and loc[1] < len(releases) else None
+            key = entry.get("release_key") if isinstance(entry, dict) else None
+            where = f"release {clip(key)}: " if isinstance(key, str) else f"releases[{loc[1]}]: "
+            loc = loc[2:]
+        field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+        parts.append(f"{where}{field}: {msg}" if field else f"{where}{msg}")
+    return "; ".join(parts)
 
 
 # Called by a step once its effect is in place, before its ledger line: (verb, step, attempt).
@@ -475,16 +599,27 @@ class ReleaseManagement:
     after_effect, if set, is called by each step once its effect is in place (put there by
     this execution or an earlier one) and before its ledger line is written: the window in
     which a crash leaves an applied step unrecorded. Fault injection strikes there
-    (FAILURE_AT=effect), so that tests make a retry really run an applied step again.
+    (FAILURE_AT=effect), so that tests make a retry really run an applied step again;
+    midway likewise strikes between a deploy's artifact and its configuration (FAILURE_AT=midway).
     """
 
     def __init__(
-        self, workspace: Path, catalog: Path, step_seconds: float = 0.0, after_effect: AfterEffect | None = None
+        self,
+        workspace: Path,
+        catalog: Path,
+        step_seconds: float = 0.0,
+        after_effect: AfterEffect | None = None,
+        failing_checks: frozenset[tuple[str, str, str]] = frozenset(),
+        midway: AfterEffect | None = None,
     ) -> None:
         self.workspace = workspace
         self.catalog_path = catalog
         self.step_seconds = step_seconds
         self.after_effect = after_effect
+        # (artifact, environment, check) of the quality-gate checks that fail (FAILING_CHECKS).
+        self.failing_checks = failing_checks
+        # Called by a deploy between its two writes, its artifact in place and its configuration not yet.
+        self.midway = midway
         self.artifactory = workspace / "artifactory"
         self.ledger = Ledger(workspace / "ledger.jsonl")
 
@@ -505,7 +640,7 @@ class ReleaseManagement:
             catalog = Catalog.model_validate_json(text)
         except ValidationError as e:
             raise CatalogError(
-                f"release catalog {path} is invalid: {clip(describe_validation_error(e), QUOTE_MAX)}"
+                f"release catalog {path} is invalid: {clip(_catalog_problem(e, text), QUOTE_MAX)}"
             ) from None
         except Exception as e:  # say, RecursionError on absurd nesting: still the catalog's fault
             raise CatalogError(f"release catalog {path} cannot be read: {type(e).__name__}") from None
@@ -549,6 +684,8 @@ class ReleaseManagement:
                         git_url=catalog.containers[container],
                         environments=entry.environments,  # type: ignore[arg-type]
                         approved=container not in entry.unapproved,
+                        checks={env: catalog.checks(env) for env in entry.environments},
+                        config={env: catalog.settings(env).config for env in entry.environments},
                     )
                 )
             return ReleaseInfo(
@@ -557,6 +694,7 @@ class ReleaseManagement:
                 approved=entry.approved,
                 approval_policy=entry.approval_policy or catalog.default_approval_policy,
                 deploys=deploys,
+                freezes={e: catalog.settings(e).freeze for e in entry.environments if catalog.settings(e).freeze},
             )
         except ValidationError as e:
             raise CatalogError(
@@ -580,8 +718,9 @@ class ReleaseManagement:
                     "release_key": record.release_key,
                     "run_id": record.run_id,
                     "deploy_key": deploy_key,
-                    "step": "approve",
+                    "step": record.step,
                     "env": None,
+                    **({"environments": record.environments} if record.environments else {}),
                     "approver": record.approver,
                     "attempt": attempt,
                     "at": record.approved_at.isoformat(timespec="milliseconds"),
@@ -593,8 +732,11 @@ class ReleaseManagement:
     def env_dir(self, env: str) -> Path:
         return self.workspace / "environments" / env
 
-    def report_path(self, d: DeployInfo, env: str) -> Path:
-        return self.artifactory / "reports" / _artifact(d) / f"{env}.json"
+    def report_path(self, d: DeployInfo, env: str, check: str) -> Path:
+        return self.artifactory / "reports" / _artifact(d) / f"{env}-{check}.json"
+
+    def config_path(self, env: str, container: str) -> Path:
+        return self.env_dir(env) / "config" / f"{container}.json"
 
     def contents(self, env: str) -> list[str]:
         """Artifacts deployed to env (hidden temporary files excluded)."""
@@ -619,7 +761,14 @@ class ReleaseManagement:
         return StepOutcome(artifact.name, self._record(step, "build", attempt, started, applied))
 
     def deploy(self, step: StepInput, attempt: int = 1, progress: Callable[[], None] = _noop) -> StepOutcome:
-        """Copy the artifact from the environment before; applied if it wrote the file or removed another version.
+        """Copy the artifact from the environment before, with its configuration; applied if it changed a file.
+
+        Refused (NotVerified) unless the ledger shows this version passing its tests in the
+        environment before (DEV: built into the artifactory): a file there is not enough.
+
+        The configuration file is the commit point. The new artifact goes in beside the old one,
+        then the configuration naming it, then the old artifact goes: a crash between any two
+        leaves a configuration beside the artifact it names, never beside another version alone.
 
         The caller runs one deploy per environment and container at a time (a lock held
         outside): removing the container's other versions then never removes a version
@@ -630,6 +779,14 @@ class ReleaseManagement:
         d, env = step.deploy, step.env
         name = _artifact(d)
         source_dir, source_label = self._source(env)
+        upstream = ENVIRONMENTS[ENVIRONMENTS.index(env) - 1] if env != ENVIRONMENTS[0] else ARTIFACTORY
+        if not self.ledger.verified(d.container_id, d.version, upstream):
+            why = (
+                "the artifactory never built it"
+                if upstream == ARTIFACTORY
+                else f"it never passed its tests in {upstream}"
+            )
+            raise NotVerified(f"cannot deploy {d.container_id} {d.version} to {env}: {why}")
         source = source_dir / name
         missing = MissingArtifact(
             f"cannot deploy {d.container_id} {d.version} to {env}: {source_label} does not hold {name}"
@@ -644,13 +801,20 @@ class ReleaseManagement:
         except FileNotFoundError:
             raise missing from None  # removed while this step worked: no retry brings it back
         target = target_dir / name
-        applied = not target.exists() or target.read_bytes() != data
-        if applied:
-            atomic_write(target, data)
-        # Only once the new version is in place does the old one go: a crash in
-        # between leaves both, never neither.
+        applied = _write_if_changed(target, data)
+        if self.midway is not None:
+            self.midway("deploy", step, attempt)
+        config = self.config_path(env, d.container_id)
+        config.parent.mkdir(exist_ok=True)
+        applied = _write_if_changed(config, render_config(d, env, step.release_key)) or applied
+        # Only once the new version and its configuration are in place does the old one go.
         for old in target_dir.iterdir():
-            if old.name != name and not old.name.startswith(".") and _container_of(old.name) == d.container_id:
+            if (
+                old.name != name
+                and old.is_file()
+                and not old.name.startswith(".")
+                and _container_of(old.name) == d.container_id
+            ):
                 try:
                     old.unlink()
                 except FileNotFoundError:
@@ -660,7 +824,12 @@ class ReleaseManagement:
         return StepOutcome(name, self._record(step, "deploy", attempt, started, applied))
 
     def test(self, step: StepInput, attempt: int = 1, progress: Callable[[], None] = _noop) -> StepOutcome:
-        """Test the deployed artifact and write its report; applied if this run had no report yet."""
+        """Run the environment's quality gates on the deployed artifact, one report per check.
+
+        Applied if this execution wrote a report. A report this run already wrote is its verdict:
+        a retry never runs a check again, so a gate failure stays one (GateFailed, final), and a
+        check that passed is not run twice. The ledger line says whether the tests passed.
+        """
         started = _now()
         step = _checked(step, "test")
         d, env = step.deploy, step.env
@@ -668,24 +837,44 @@ class ReleaseManagement:
         if not (self.env_dir(env) / name).is_file():
             raise MissingArtifact(f"cannot test {d.container_id} {d.version} in {env}: {env} does not hold {name}")
         self._work(progress)
-        report = self.report_path(d, env)
-        applied = _report_run(report) != step.run_id
-        if applied:
-            # A report of another run is replaced: the report says what this run found.
-            report.parent.mkdir(parents=True, exist_ok=True)
-            body = {
-                "container": d.container_id,
-                "version": d.version,
-                "environment": env,
-                "passed": True,
-                "release_key": step.release_key,
-                "run_id": step.run_id,
-                "started_at": started,
-                "finished_at": _now(),
-            }
-            atomic_write(report, (json.dumps(body, indent=2, sort_keys=True) + "\n").encode())
+        applied = False
+        checks = d.checks_in(env)
+        for check in checks:
+            report = self.report_path(d, env, check)
+            verdict = _verdict(report, step.run_id)
+            if verdict is None:
+                verdict = self._check(d, env, check)
+                # A report of another run is replaced: the report says what this run found.
+                report.parent.mkdir(parents=True, exist_ok=True)
+                body = {
+                    "container": d.container_id,
+                    "version": d.version,
+                    "environment": env,
+                    "check": check,
+                    "passed": verdict[0],
+                    "findings": verdict[1],
+                    "release_key": step.release_key,
+                    "run_id": step.run_id,
+                    "started_at": started,
+                    "finished_at": _now(),
+                }
+                atomic_write(report, (json.dumps(body, indent=2, sort_keys=True) + "\n").encode())
+                applied = True
+            passed, findings = verdict
+            if not passed:
+                self._record(step, "test", attempt, started, applied, {"passed": False, "failed_check": check})
+                finding = f": {findings[0]}" if findings else ""
+                raise GateFailed(clip(f"{name} failed {check} in {env}{finding}", QUOTE_MAX))
         self._effect_in_place("test", step, attempt)
-        return StepOutcome(name, self._record(step, "test", attempt, started, applied))
+        return StepOutcome(
+            name, self._record(step, "test", attempt, started, applied, {"passed": True, "checks": checks})
+        )
+
+    def _check(self, d: DeployInfo, env: str, check: str) -> tuple[bool, list[str]]:
+        """A simulated check suite: it fails where FAILING_CHECKS says, with one finding."""
+        if (_artifact(d), env, check) in self.failing_checks:
+            return False, [f"FAILING_CHECKS names {_artifact(d)}:{env}:{check}"]
+        return True, []
 
     def _source(self, env: str) -> tuple[Path, str]:
         i = ENVIRONMENTS.index(env)
@@ -705,10 +894,19 @@ class ReleaseManagement:
             progress()
             time.sleep(min(left, 0.5))
 
-    def _record(self, step: StepInput, verb: str, attempt: int, started_at: str, applied: bool) -> bool:
+    def _record(
+        self,
+        step: StepInput,
+        verb: str,
+        attempt: int,
+        started_at: str,
+        applied: bool,
+        extra: Mapping[str, object] | None = None,
+    ) -> bool:
         """Record this execution; return whether the ledger counts it as the one that applied the step."""
         d = step.deploy
         entry: dict[str, object] = {
+            **(extra or {}),
             "release_key": step.release_key,
             "run_id": step.run_id,
             "deploy_key": d.deploy_key,
@@ -739,15 +937,51 @@ def _checked(step: StepInput, verb: str) -> StepInput:
         raise InvalidStep(f"refusing to {verb}: {clip(describe_validation_error(e), QUOTE_MAX)}") from None
 
 
-def _report_run(report: Path) -> object:
-    """The run_id of an existing test report, or None if there is none that reads."""
+def _verdict(report: Path, run_id: str) -> tuple[bool, list[str]] | None:
+    """(passed, findings) of a check report this run wrote; None if there is none that reads."""
     try:
         body = json.loads(report.read_bytes())
     except FileNotFoundError:
         return None
     except ValueError:
-        return None  # not a report this tool wrote whole: write it again
-    return body.get("run_id") if isinstance(body, dict) else None
+        return None  # not a report this tool wrote whole: run the check again
+    if not isinstance(body, dict) or body.get("run_id") != run_id:
+        return None
+    findings = body.get("findings")
+    return body.get("passed") is True, [str(f) for f in findings] if isinstance(findings, list) else []
+
+
+def _write_if_changed(path: Path, data: bytes) -> bool:
+    """Write data atomically unless path already holds it; whether it wrote."""
+    try:
+        if path.read_bytes() == data:
+            return False
+    except FileNotFoundError:
+        pass
+    atomic_write(path, data)
+    return True
+
+
+def render_config(d: DeployInfo, env: str, release_key: str) -> bytes:
+    """The configuration file of d in env: the catalog's values for env, and the artifact they go with.
+
+    "{container}", "{version}" and "{env}" in a string value are replaced, so one endpoint serves every container.
+    """
+    values = {
+        key: value.replace("{container}", d.container_id).replace("{version}", d.version).replace("{env}", env)
+        if isinstance(value, str)
+        else value
+        for key, value in d.config.get(env, {}).items()  # type: ignore[call-overload]
+    }
+    body = {
+        "artifact": _artifact(d),
+        "container": d.container_id,
+        "version": d.version,
+        "environment": env,
+        "release_key": release_key,
+        "values": values,
+    }
+    return (json.dumps(body, indent=2, sort_keys=True) + "\n").encode()
 
 
 def _artifact(d: DeployInfo) -> str:

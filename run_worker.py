@@ -91,7 +91,7 @@ SETTING_NAMES = (
 )
 # Fault hooks for tests and demos, and the metrics port, listed after the others only when set
 # to other than their default, so the settings line of an ordinary worker reads as it always did.
-OPTIONAL_DEFAULTS = {"FAILURE_AT": "start", "FAILURE_ACTION": "raise", "WORKER_METRICS_PORT": ""}
+OPTIONAL_DEFAULTS = {"FAILURE_AT": "start", "FAILURE_ACTION": "raise", "WORKER_METRICS_PORT": "", "FAILING_CHECKS": ""}
 DEFAULT_STATE = ".temporal"
 
 
@@ -110,6 +110,7 @@ def settings_of(settings: Settings, target: dict) -> dict[str, str]:
         "FAILURE_AT": ",".join(settings.failure_at),
         "FAILURE_ACTION": settings.failure_action,
         "WORKER_METRICS_PORT": "" if settings.metrics_port is None else str(settings.metrics_port),
+        "FAILING_CHECKS": ",".join(sorted(":".join(c) for c in settings.failing_checks)),
     }
     return {name: values[name] for name in SETTING_NAMES} | {
         name: value for name, value in optional.items() if value != OPTIONAL_DEFAULTS[name]
@@ -207,11 +208,13 @@ async def main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 3
-    rm = ReleaseManagement(settings.workspace, settings.catalog, settings.step_seconds)
+    rm = ReleaseManagement(
+        settings.workspace, settings.catalog, settings.step_seconds, failing_checks=settings.failing_checks
+    )
     failures = FailureInjector(
         settings.failure_rate, settings.failure_seed, at=settings.failure_at, action=settings.failure_action
     )
-    # The activities hook the injector into the steps too, for FAILURE_AT=effect.
+    # The activities hook the injector into the steps too, for FAILURE_AT=midway and effect.
     acts = ReleaseActivities(rm, failures)
 
     stop = asyncio.Event()

@@ -3,6 +3,7 @@
     .venv/bin/python run_workflow.py [--release-key KEY] [--now]   # start a release and follow it to its result
     .venv/bin/python run_workflow.py status KEY                     # its progress: deploys x environments
     .venv/bin/python run_workflow.py approve KEY --by NAME [--deploy CONTAINER]
+    .venv/bin/python run_workflow.py unfreeze KEY --by NAME        # let a FROZEN release promote now
     .venv/bin/python run_workflow.py cancel KEY                     # stop between steps; says what was deployed
     .venv/bin/python run_workflow.py list                           # the catalog's releases and their latest runs
 
@@ -50,12 +51,14 @@ try:
     from shared import (
         AWAITING_APPROVAL,
         DEFAULT_RELEASE_KEY,
+        FROZEN,
         RUNNING,
         Approval,
         DeployState,
         ReleaseResult,
         ReleaseState,
         Settings,
+        Unfreeze,
         check_approver,
         check_release_key,
         clip,
@@ -84,7 +87,7 @@ RIDE_THROUGH_SECONDS = 300
 TRANSIENT = (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.UNKNOWN)
 # Queries and updates need a worker to answer; without one they would wait forever.
 WORKER_ANSWER = timedelta(seconds=10)
-COMMANDS = ("start", "status", "approve", "cancel", "list")
+COMMANDS = ("start", "status", "approve", "unfreeze", "cancel", "list")
 # An idle worker renews its long poll about once a minute, and a killed worker stays in the
 # task queue's poller list for minutes: only a poller seen more recently than this counts.
 POLLER_FRESH_SECONDS = 90
@@ -134,6 +137,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     approve.add_argument("release_key")
     approve.add_argument("--by", required=True, dest="approver", help="who approves")
     approve.add_argument("--deploy", help="approve only this container's deploy")
+    unfreeze = commands.add_parser("unfreeze", help="override the freeze windows for a FROZEN release")
+    unfreeze.add_argument("release_key")
+    unfreeze.add_argument("--by", required=True, dest="approver", help="who overrides the freeze")
     commands.add_parser("cancel", help="cancel a running release").add_argument("release_key")
     commands.add_parser("list", help="the catalog's releases with the status of their latest runs")
     return parser.parse_args(argv)
@@ -237,6 +243,7 @@ class Follower:
     state: ReleaseState | None = None
     events_seen: int = 0
     hinted: bool = False
+    unfreeze_hinted: bool = False
     shown: dict[str, Hashable] = field(default_factory=dict)
 
     async def follow(self) -> ReleaseResult | None:
@@ -272,6 +279,10 @@ class Follower:
             for event in fresh:
                 print(f"  {event}", flush=True)
             self.events_seen = count
+        if state.status == FROZEN and not self.unfreeze_hinted:
+            self.unfreeze_hinted = True
+            hint = script_command("run_workflow.py", "unfreeze", self.key, "--by", "NAME")
+            print(f"  it waits for the freeze to end; override it for this release with: {hint}", flush=True)
         if state.status == AWAITING_APPROVAL and not self.hinted:
             self.hinted = True
             hint = script_command("run_workflow.py", "approve", self.key, "--by", "NAME")
@@ -539,6 +550,9 @@ async def status(client: Client, settings: Settings, target: dict, key: str) -> 
                 print(render_progress(state))
                 for event in state.events[-5:]:
                     print(f"  {event}")
+                if state.status == FROZEN:
+                    hint = script_command("run_workflow.py", "unfreeze", key, "--by", "NAME")
+                    print(f"  override the freeze for this release with: {hint}")
         found = await troubles(client, run, state) if running else []
         for trouble in found:
             if not trouble.release_task:
@@ -548,12 +562,10 @@ async def status(client: Client, settings: Settings, target: dict, key: str) -> 
     return 0
 
 
-async def approve(client: Client, settings: Settings, key: str, approver: str, deploy: str | None) -> int:
-    handle = await running_release(client, settings, key, "approve")
+async def send_update(handle: WorkflowHandle, update: Any, arg: BaseModel, key: str, what: str) -> Any:
+    """The release's answer to an update; its validator's refusal, or no answer, as a UserError."""
     try:
-        reply = await handle.execute_update(
-            ReleaseWorkflow.approve, Approval(approver=approver, deploy=deploy), rpc_timeout=WORKER_ANSWER
-        )
+        return await handle.execute_update(update, arg, rpc_timeout=WORKER_ANSWER)
     except WorkflowUpdateFailedError as e:
         cause = root_cause(e)
         raise UserError(getattr(cause, "message", str(cause))) from None
@@ -561,11 +573,25 @@ async def approve(client: Client, settings: Settings, key: str, approver: str, d
         # The server keeps an update it has admitted, so it may still apply.
         raise UserError(
             f"the release did not answer within {WORKER_ANSWER.seconds} s (its worker may be busy, or have just "
-            f"stopped); the approval may still apply: check with `{script_command('run_workflow.py', 'status', key)}`",
+            f"stopped); the {what} may still apply: check with `{script_command('run_workflow.py', 'status', key)}`",
             code=3,
         ) from None
+
+
+async def approve(client: Client, settings: Settings, key: str, approver: str, deploy: str | None) -> int:
+    handle = await running_release(client, settings, key, "approve")
+    reply = await send_update(
+        handle, ReleaseWorkflow.approve, Approval(approver=approver, deploy=deploy), key, "approval"
+    )
     approved = ", ".join(reply.approved) or "nothing"
     print(f"Approved by {approver}: {approved}; still waiting: {', '.join(reply.still_waiting) or 'nothing'}")
+    return 0
+
+
+async def unfreeze(client: Client, settings: Settings, key: str, approver: str) -> int:
+    handle = await running_release(client, settings, key, "unfreeze")
+    reply = await send_update(handle, ReleaseWorkflow.unfreeze, Unfreeze(approver=approver), key, "unfreeze")
+    print(f"Unfrozen by {approver}: release {key} promotes into {', '.join(reply.environments)} now ({reply.status})")
     return 0
 
 
@@ -607,14 +633,17 @@ async def main(argv: list[str]) -> int:
         settings = Settings.from_env()
         target = connect_config()
         key = check_release_key(getattr(args, "release_key", DEFAULT_RELEASE_KEY))
-        if args.command == "approve":
+        if args.command in ("approve", "unfreeze"):
             args.approver = check_approver(args.approver)
         rm = ReleaseManagement(settings.workspace, settings.catalog)
         try:
             known: list[str] | None = rm.release_keys()
-        except CatalogError:
+        except CatalogError as e:
             if args.command == "list":
                 raise
+            if args.command == "start" and settings.catalog.is_file():
+                # A catalog that reads but is wrong would fail the release as it gathers: say so before it starts.
+                raise CatalogError(f"cannot start {key}: {e}") from None
             known = None  # the worker's catalog decides
         if args.command == "start" and known is not None and key not in known:
             raise ValueError(f"unknown release key {key!r}; known keys: {', '.join(known)}")
@@ -640,6 +669,8 @@ async def main(argv: list[str]) -> int:
             return await status(client, settings, target, key)
         if args.command == "approve":
             return await approve(client, settings, key, args.approver, args.deploy)
+        if args.command == "unfreeze":
+            return await unfreeze(client, settings, key, args.approver)
         if args.command == "cancel":
             return await cancel(client, settings, key)
         return await list_releases(client, known or [])

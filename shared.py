@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -18,6 +18,9 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 # DEV from the artifactory.
 ENVIRONMENTS: tuple[str, ...] = ("DEV", "TEST", "QC", "PROD")
 Environment = Literal["DEV", "TEST", "QC", "PROD"]
+
+# Where a build puts artifacts, and the place before DEV in lock order and in the ledger's proofs.
+ARTIFACTORY = "artifactory"
 
 TASK_QUEUE = "release-task-queue"
 DEFAULT_RELEASE_KEY = "RELEASE-NOV-23-INITIAL"
@@ -35,6 +38,22 @@ APPROVER_MAX = 100
 MAX_DEPLOYS = 50
 EVENTS_KEPT = 200
 EVENT_CHARS = 300
+
+# Quality gates: the check suites each environment runs when a deploy is tested there.
+DEFAULT_CHECKS: dict[str, list[str]] = {
+    "DEV": ["unit"],
+    "TEST": ["integration"],
+    "QC": ["performance", "security"],
+    "PROD": ["smoke"],
+}
+CHECK_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
+MAX_CHECKS = 10
+# Per-environment configuration values rendered into environments/<ENV>/config/<container>.json.
+ConfigValue = str | int | float | bool | None
+MAX_CONFIG_KEYS = 20
+CONFIG_VALUE_CHARS = 200
+MAX_FREEZE_WINDOWS = 20
+FAILING_CHECKS_MAX = 100
 
 
 def release_workflow_id(release_key: str) -> str:
@@ -70,6 +89,16 @@ def check_approver(name: str) -> str:
     return name
 
 
+def check_check_name(name: str) -> str:
+    if not name.strip():
+        raise ValueError("a check needs a name")
+    if not CHECK_NAME.fullmatch(name):
+        raise ValueError(
+            f"check {clip(name)!r} is invalid: lowercase letters, digits, '_' and '-', at most 40, first a letter"
+        )
+    return name
+
+
 class DeployInfo(BaseModel):
     """One container at one version, promoted through consecutive environments."""
 
@@ -79,6 +108,31 @@ class DeployInfo(BaseModel):
     git_url: str = Field(min_length=1)
     environments: list[Environment] = Field(min_length=1)
     approved: bool = True
+    # The check suites of each environment, from the catalog when the release gathered; None for a
+    # deploy gathered before quality gates existed (it runs DEFAULT_CHECKS).
+    checks: dict[Environment, list[str]] | None = None
+    # The configuration values of each environment, rendered with the artifact when it is deployed.
+    config: dict[Environment, dict[str, ConfigValue]] = Field(default_factory=dict)
+
+    def checks_in(self, env: str) -> list[str]:
+        return list((DEFAULT_CHECKS if self.checks is None else self.checks).get(env, []))
+
+    @field_validator("checks")
+    @classmethod
+    def _checks(cls, v: dict[str, list[str]] | None) -> dict[str, list[str]] | None:
+        for names in (v or {}).values():
+            if len(names) > MAX_CHECKS:
+                raise ValueError(f"at most {MAX_CHECKS} checks per environment")
+            for name in names:
+                check_check_name(name)
+        return v
+
+    @field_validator("config")
+    @classmethod
+    def _config(cls, v: dict[str, dict[str, ConfigValue]]) -> dict[str, dict[str, ConfigValue]]:
+        for values in v.values():
+            check_config(values)
+        return v
 
     @field_validator("container_id")
     @classmethod
@@ -117,6 +171,101 @@ class ApprovalPolicy(BaseModel):
     after_hold: Literal["skip", "stop"] = "stop"
 
 
+def check_config(values: dict[str, ConfigValue]) -> dict[str, ConfigValue]:
+    if len(values) > MAX_CONFIG_KEYS:
+        raise ValueError(f"{len(values)} configuration values; the limit is {MAX_CONFIG_KEYS}")
+    for key, value in values.items():
+        if not CHECK_NAME.fullmatch(key):
+            raise ValueError(f"configuration key {clip(key)!r} is invalid: lowercase letters, digits, '_' and '-'")
+        if isinstance(value, str) and len(value) > CONFIG_VALUE_CHARS:
+            raise ValueError(f"configuration value {key} is {len(value)} characters; the limit is {CONFIG_VALUE_CHARS}")
+    return values
+
+
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+WEEKLY_TIME = re.compile(r"^([A-Za-z]{3,9}) ([01]?[0-9]|2[0-3]):([0-5][0-9])$")
+WEEK = timedelta(days=7)
+
+
+def _weekly(text: str) -> timedelta | None:
+    """'Fri 16:00' (or 'Friday 16:00') as the time since Monday 00:00 UTC; None if text is not a weekly time."""
+    m = WEEKLY_TIME.fullmatch(text.strip())
+    day = m and next((i for i, name in enumerate(WEEKDAYS) if name.startswith(m.group(1).lower())), None)
+    if m is None or day is None:
+        return None
+    return timedelta(days=day, hours=int(m.group(2)), minutes=int(m.group(3)))
+
+
+def _moment(text: str) -> datetime | None:
+    """An ISO date and time, in UTC (a time without a zone is UTC); None if text is not one."""
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        return None
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
+class FreezeWindow(BaseModel):
+    """A time in which nothing is promoted into an environment.
+
+    Absolute ("2024-12-20T16:00Z" to "2025-01-02T08:00Z") or weekly ("Fri 16:00" to "Mon 08:00",
+    UTC; a weekly window may run over the weekend into the next week).
+    """
+
+    start: str
+    end: str
+    reason: str = Field(default="", max_length=100)
+
+    @model_validator(mode="after")
+    def _valid(self) -> FreezeWindow:
+        weekly = _weekly(self.start), _weekly(self.end)
+        moments = _moment(self.start), _moment(self.end)
+        for i, field in enumerate(("start", "end")):
+            if weekly[i] is None and moments[i] is None:
+                raise ValueError(
+                    f"{field} {clip(getattr(self, field))!r} is neither a date and time (2024-12-20T16:00Z) "
+                    "nor a weekly time (Fri 16:00)"
+                )
+        if (weekly[0] is None) != (weekly[1] is None):
+            raise ValueError("start and end must both be weekly times (Fri 16:00) or both dates and times")
+        if weekly[0] is not None and weekly[0] == weekly[1]:
+            raise ValueError(f"the weekly window starts and ends at the same time ({self.start})")
+        if moments[0] is not None and moments[1] is not None and moments[1] <= moments[0]:
+            raise ValueError(f"the window ends ({self.end}) before it starts ({self.start})")
+        return self
+
+    def until(self, now: datetime) -> datetime | None:
+        """When this window ends, if now is inside it; else None."""
+        weekly = _weekly(self.start)
+        if weekly is None:
+            start, end = _moment(self.start), _moment(self.end)
+            assert start is not None and end is not None
+            return end if start <= now < end else None
+        end_in_week = _weekly(self.end)
+        assert end_in_week is not None
+        monday = (now - timedelta(days=now.weekday())).replace(hour=0, minute=0, second=0, microsecond=0)
+        into = now - monday
+        inside = weekly <= into < end_in_week if weekly < end_in_week else (into >= weekly or into < end_in_week)
+        if not inside:
+            return None
+        end = monday + end_in_week
+        return end if end > now else end + WEEK
+
+
+def frozen_until(windows: list[FreezeWindow], now: datetime) -> tuple[datetime, FreezeWindow] | None:
+    """When the freeze in force at now ends (windows that meet or overlap chain), and the window in force now."""
+    first: FreezeWindow | None = None
+    # Each pass moves past one window's end; more passes than windows means a chain all week round.
+    for _ in range(len(windows) + 1):
+        ends = [(end, w) for w in windows if (end := w.until(now)) is not None]
+        if not ends:
+            break
+        end, window = max(ends, key=lambda e: e[0])
+        first = first or window
+        now = end
+    return None if first is None else (now, first)
+
+
 class ReleaseInfo(BaseModel):
     """A release: its key and, once gathered, its deploys."""
 
@@ -127,6 +276,15 @@ class ReleaseInfo(BaseModel):
     approved: bool = True
     approval_policy: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
     deploys: list[DeployInfo] = Field(default_factory=list, max_length=MAX_DEPLOYS)
+    # Freeze windows per environment, from the catalog: no promotion into an environment while frozen.
+    freezes: dict[Environment, list[FreezeWindow]] = Field(default_factory=dict)
+
+    @field_validator("freezes")
+    @classmethod
+    def _freezes(cls, v: dict[str, list[FreezeWindow]]) -> dict[str, list[FreezeWindow]]:
+        if any(len(w) > MAX_FREEZE_WINDOWS for w in v.values()):
+            raise ValueError(f"at most {MAX_FREEZE_WINDOWS} freeze windows per environment")
+        return v
 
     @field_validator("release_key")
     @classmethod
@@ -168,13 +326,31 @@ class ApprovalReply(BaseModel):
 
 
 class ApprovalRecord(BaseModel):
-    """Approvals the ledger records: who approved which deploys (or the release) and when."""
+    """Approvals the ledger records: who approved which deploys (or the release) and when.
+
+    step "unfreeze": who overrode the freeze of these environments for the release (deploy_keys: the release key).
+    """
 
     release_key: str
     run_id: str
     approver: str
     approved_at: datetime
     deploy_keys: list[str]
+    step: Literal["approve", "unfreeze"] = "approve"
+    environments: list[Environment] = Field(default_factory=list)
+
+
+class Unfreeze(BaseModel):
+    """An override of the freeze windows for one release, sent by Update or Signal (checked by the workflow)."""
+
+    approver: str = ""
+
+
+class UnfreezeReply(BaseModel):
+    release_key: str
+    status: str
+    # The environments whose freeze held a deploy of the release when it was overridden.
+    environments: list[str]
 
 
 class StepInput(BaseModel):
@@ -218,6 +394,8 @@ class ReleaseResult(BaseModel):
 # Values of the ReleaseStatus search attribute and of ReleaseState.status.
 SCHEDULED, AWAITING_APPROVAL, RUNNING = "SCHEDULED", "AWAITING_APPROVAL", "RUNNING"
 SUCCESS, FAILED, CANCELLED = "SUCCESS", "FAILED", "CANCELLED"
+# A deploy waits for a freeze window to end (a durable timer), or for an unfreeze.
+FROZEN = "FROZEN"
 
 CellStatus = Literal["pending", "waiting", "running", "done", "failed", "skipped", "cancelled"]
 
@@ -271,6 +449,9 @@ class ReleaseState(BaseModel):
     events: list[str] = Field(default_factory=list)
     event_count: int = 0
     error: str | None = None
+    # Who overrode the release's freeze windows (run_workflow.py unfreeze), and when.
+    unfrozen_by: str | None = None
+    unfrozen_at: datetime | None = None
 
 
 CELL = len("cancelled +2 retries  ")
@@ -283,6 +464,8 @@ def render_progress(state: ReleaseState) -> str:
         lines.append("  the release itself waits for approval")
     elif state.approved_by:
         lines.append(f"  release approved by {state.approved_by}{_at(state.approved_at)}")
+    if state.unfrozen_by:
+        lines.append(f"  freeze overridden by {state.unfrozen_by}{_at(state.unfrozen_at)}")
     width = max([len(d.artifact) for d in state.deploys] + [6]) + 2
     # Only the environments this release touches, so the table fits the Web UI's details panel.
     envs = [e for e in ENVIRONMENTS if any(e in d.cells for d in state.deploys)]
@@ -312,7 +495,8 @@ FAILURE_RATES: dict[str, float] = {"never": 0.0, "rarely": 0.1, "sometimes": 0.3
 # Where in a step FAILURE_RATE strikes: before its work (start), once its effect is in place but
 # not its ledger line (effect), or once the ledger line is written but the step has not returned
 # (end). The last two make a retry run again a step whose effect is already applied.
-FAILURE_POINTS = ("start", "effect", "end")
+# midway: between a deploy's two writes, its artifact in place and its configuration not yet.
+FAILURE_POINTS = ("start", "midway", "effect", "end")
 # What a strike does: raise a SimulatedFailure (retried), or end the worker process at once, as a kill would.
 FAILURE_ACTIONS = ("raise", "exit")
 
@@ -329,6 +513,8 @@ class Settings:
     failure_action: str = "raise"
     # The port of the worker's Prometheus endpoint (WORKER_METRICS_PORT), on 127.0.0.1; None: no metrics.
     metrics_port: int | None = None
+    # Quality-gate checks that fail (FAILING_CHECKS): (artifact, environment, check).
+    failing_checks: frozenset[tuple[str, str, str]] = frozenset()
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -366,7 +552,37 @@ class Settings:
             failure_at=failure_at,
             failure_action=action,
             metrics_port=int(port) if port else None,
+            failing_checks=parse_failing_checks(env.get("FAILING_CHECKS", "")),
         )
+
+
+def parse_failing_checks(value: str) -> frozenset[tuple[str, str, str]]:
+    """FAILING_CHECKS: a comma list of <container>-<version>:<ENV>:<check>, as (artifact, ENV, check)."""
+    items = [i.strip() for i in value.split(",") if i.strip()]
+    if len(items) > FAILING_CHECKS_MAX:
+        raise ValueError(f"FAILING_CHECKS names {len(items)} checks; the limit is {FAILING_CHECKS_MAX}")
+    found = set()
+    for item in items:
+        form = (
+            f"FAILING_CHECKS: {clip(item)!r} is not <container>-<version>:<ENV>:<check> (say sbstore-1.8:QC:security)"
+        )
+        parts = [p.strip() for p in item.split(":")]
+        if len(parts) != 3 or "-" not in parts[0]:
+            raise ValueError(form)
+        artifact, env, check = parts[0], parts[1].upper(), parts[2]
+        container, _, version = artifact.rpartition("-")
+        try:
+            _check(container, CONTAINER_ID, "container id", "use lowercase letters, digits, '.', '_' and '-'")
+            _check(version, VERSION, "version", "start with a digit; letters, digits, '.', '_', '+'")
+            check_check_name(check)
+        except ValueError as e:
+            raise ValueError(f"FAILING_CHECKS: {clip(item)!r}: {e}") from None
+        if env not in ENVIRONMENTS:
+            raise ValueError(
+                f"FAILING_CHECKS: {clip(item)!r}: no environment {clip(parts[1])!r}; use {', '.join(ENVIRONMENTS)}"
+            )
+        found.add((artifact, env, check))
+    return frozenset(found)
 
 
 def parse_failure_at(value: str) -> tuple[str, ...]:
@@ -408,6 +624,8 @@ def render_details(state: ReleaseState) -> str:
         head += " · the release itself waits for approval"
     elif state.approved_by:
         head += f" · approved by {_cell_text(state.approved_by)}{_at(state.approved_at)}"
+    if state.unfrozen_by:
+        head += f" · freeze overridden by {_cell_text(state.unfrozen_by)}{_at(state.unfrozen_at)}"
     lines = [head, ""]
     for d in state.deploys:
         cells = []

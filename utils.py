@@ -74,7 +74,12 @@ class FailureInjector:
 
 
 # How a failure's message says where it struck (a failure at start reads as it always did).
-_AFTER = {"start": "", "effect": " after the effect, before the ledger line", "end": " after the ledger line"}
+_AFTER = {
+    "start": "",
+    "midway": " between the artifact and its configuration",
+    "effect": " after the effect, before the ledger line",
+    "end": " after the ledger line",
+}
 
 # The exit code of a worker ended by FAILURE_ACTION=exit, so a test tells it from a crash.
 EXIT_CODE = 86

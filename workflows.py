@@ -20,12 +20,14 @@ with workflow.unsafe.imports_passed_through():
     from locks import LockActivities, LockAnswer, LockMove, LockRequest, TargetLockWorkflow, lock_id
     from release_management import NON_RETRYABLE_ERRORS
     from shared import (
+        ARTIFACTORY,
         AWAITING_APPROVAL,
         CANCELLED,
         ENVIRONMENTS,
         EVENT_CHARS,
         EVENTS_KEPT,
         FAILED,
+        FROZEN,
         RUNNING,
         SCHEDULED,
         SUCCESS,
@@ -43,8 +45,11 @@ with workflow.unsafe.imports_passed_through():
         StepInput,
         StepProgress,
         StepResult,
+        Unfreeze,
+        UnfreezeReply,
         check_approver,
         clip,
+        frozen_until,
         render_details,
         root_cause,
     )
@@ -70,6 +75,8 @@ class ReleaseWorkflow:
         # Lock moves waiting for the activity that sends them (see _move_locks).
         self.lock_moves: list[tuple[LockMove, asyncio.Future[list[LockAnswer]]]] = []
         self.moving = False
+        # The environment each deploy waits to enter while it is frozen, by deploy key.
+        self.frozen: dict[str, str] = {}
 
     @workflow.run
     async def run(self, release: ReleaseInfo) -> ReleaseResult:
@@ -243,20 +250,30 @@ class ReleaseWorkflow:
         first = ENVIRONMENTS.index(d.environments[0])
         source = ARTIFACTORY if first == 0 else ENVIRONMENTS[first - 1]
         try:
+            # A frozen environment is waited out before its lock is asked for, so that nobody
+            # queues behind a release that waits for days.
+            await self._wait_out_freeze(steps[0])
             await self._wait_for_locks(d, steps[0], await self._move_locks(d, acquire=[source, d.environments[0]]))
             if d.environments[0] == ENVIRONMENTS[0]:
                 await self._step("build", steps[0])
             for i, step in enumerate(steps):
+                # Frozen while this deploy waited for its locks: it waits again, holding them.
+                await self._wait_out_freeze(step)
                 await self._step("deploy", step)
                 following = d.environments[i + 1 : i + 2]
+                ahead = [e for e in following if self._freeze(e) is None]
                 # The copy is made, so the source goes back; the next environment is asked for
                 # now, beside this one's test, so a free lock costs the critical path nothing.
-                moved = asyncio.ensure_future(self._move_locks(d, release=[source], acquire=following))
+                moved = asyncio.ensure_future(self._move_locks(d, release=[source], acquire=ahead))
                 try:
                     await self._step("test", step, done=True)
                 finally:
                     answers = await moved  # what it asked for is known before anything is given back
                 if following:
+                    if not ahead:
+                        # Still holding this environment, which the next one copies from.
+                        await self._wait_out_freeze(steps[i + 1])
+                        answers = await self._move_locks(d, acquire=following)
                     await self._wait_for_locks(d, steps[i + 1], answers)
                     source = step.env
         finally:
@@ -361,6 +378,46 @@ class ReleaseWorkflow:
                     holder = again.holder
             if told:
                 self._note(step, "running", "lock")
+
+    def _freeze(self, env: str) -> tuple[datetime, Any] | None:
+        """When the freeze of env in force now ends, and its window; None if env is not frozen (or was unfrozen)."""
+        windows = self.release.freezes.get(env)  # type: ignore[call-overload]
+        if not windows or self.state.unfrozen_by is not None:
+            return None
+        return frozen_until(windows, workflow.now())
+
+    async def _wait_out_freeze(self, step: StepInput) -> None:
+        """Wait until step.env is no longer frozen, on a durable timer, or until a person unfreezes the release.
+
+        Releases recorded before freeze windows had none, so this adds nothing to their histories.
+        """
+        frozen = self._freeze(step.env)
+        if frozen is None or not workflow.patched("freeze-windows"):
+            return
+        key = step.deploy.deploy_key
+        while frozen is not None:
+            until, window = frozen
+            reason = f": {window.reason}" if window.reason else ""
+            self.frozen[key] = step.env
+            self._note(
+                step, "waiting", "freeze", note=f"the {step.env} freeze to end at {until:%Y-%m-%d %H:%M} UTC{reason}"
+            )
+            self._set_status(FROZEN)
+            try:
+                await workflow.wait_condition(
+                    lambda: self.state.unfrozen_by is not None,
+                    timeout=until - workflow.now(),
+                    timeout_summary=f"{step.env} freeze ends",
+                )
+            except TimeoutError:
+                pass
+            finally:
+                del self.frozen[key]
+                if not self.frozen and self.state.status == FROZEN:
+                    self._set_status(RUNNING)
+            # Another window may begin where this one ends.
+            frozen = self._freeze(step.env)
+        self._note(step, "running", "freeze")
 
     async def _step(self, verb: str, step: StepInput, done: bool = False) -> None:
         status = "done" if done else "running"
@@ -519,8 +576,7 @@ class ReleaseWorkflow:
             d.approved, d.approved_by, d.approved_at = True, approver, now
         what = (["the release"] if release_too else []) + [d.artifact for d in deploys]
         self._event(f"approved by {approver}: {', '.join(what)}")
-        await workflow.execute_activity_method(
-            ReleaseActivities.record_approval,
+        await self._record_approval(
             ApprovalRecord(
                 release_key=self.state.release_key,
                 run_id=workflow.info().run_id,
@@ -528,11 +584,68 @@ class ReleaseWorkflow:
                 approved_at=now,
                 deploy_keys=([self.state.release_key] if release_too else []) + [d.deploy_key for d in deploys],
             ),
-            start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=10)),
             summary=f"record approval by {approver}",
         )
         return what
+
+    async def _record_approval(self, record: ApprovalRecord, summary: str) -> None:
+        await workflow.execute_activity_method(
+            ReleaseActivities.record_approval,
+            record,
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=10)),
+            summary=summary,
+        )
+
+    # --- unfreeze: an Update (validated, answers) or a Signal of the same name and shape ---
+
+    @workflow.update
+    async def unfreeze(self, request: Unfreeze) -> UnfreezeReply:
+        environments = await self._apply_unfreeze(request)
+        return UnfreezeReply(release_key=self.state.release_key, status=self.state.status, environments=environments)
+
+    @unfreeze.validator
+    def validate_unfreeze(self, request: Unfreeze) -> None:
+        self._unfreeze_check(request)
+
+    @workflow.signal(name="unfreeze")
+    async def unfreeze_signal(self, request: Unfreeze) -> None:
+        try:
+            self._unfreeze_check(request)
+        except ValueError as err:
+            self._event(f"ignored an unfreeze signal: {err}")
+            return
+        await self._apply_unfreeze(request)
+
+    def _unfreeze_check(self, request: Unfreeze) -> str:
+        key = self.state.release_key
+        approver = check_approver(request.approver)
+        if self.state.status in (SUCCESS, FAILED, CANCELLED):
+            raise ValueError(f"release {key} has finished ({self.state.status}): nothing to unfreeze")
+        if self.state.unfrozen_by is not None:
+            raise ValueError(f"release {key} is already unfrozen by {self.state.unfrozen_by}")
+        if not self.frozen:
+            raise ValueError(f"release {key} is not frozen ({self.state.status}): nothing waits for a freeze to end")
+        return approver
+
+    async def _apply_unfreeze(self, request: Unfreeze) -> list[str]:
+        approver, now = self._unfreeze_check(request), workflow.now()
+        environments = sorted(set(self.frozen.values()), key=ENVIRONMENTS.index)
+        self.state.unfrozen_by, self.state.unfrozen_at = approver, now
+        self._event(f"freeze of {', '.join(environments)} overridden by {approver} for this release")
+        await self._record_approval(
+            ApprovalRecord(
+                release_key=self.state.release_key,
+                run_id=workflow.info().run_id,
+                approver=approver,
+                approved_at=now,
+                deploy_keys=[self.state.release_key],
+                step="unfreeze",
+                environments=environments,  # type: ignore[arg-type]
+            ),
+            summary=f"record unfreeze by {approver}",
+        )
+        return environments
 
     # --- progress ---
 
@@ -638,9 +751,8 @@ def _skipped(deploy: DeployState) -> bool:
     return all(c.status == "skipped" for c in deploy.cells.values())
 
 
-# Lock order: the artifactory, then the environments in promotion order. Every deploy takes
-# locks in this order, so two deploys never wait for each other in a circle.
-ARTIFACTORY = "artifactory"
+# Lock order: the artifactory (ARTIFACTORY), then the environments in promotion order. Every
+# deploy takes locks in this order, so two deploys never wait for each other in a circle.
 # A deploy that waits for a lock asks again this often (a terminated lock starts anew).
 LOCK_REQUEST_AGAIN = timedelta(seconds=60)
 

@@ -17,7 +17,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from release_management import ReleaseManagement
-from shared import AWAITING_APPROVAL, Approval, ReleaseInfo
+from shared import AWAITING_APPROVAL, FROZEN, Approval, ReleaseInfo, Unfreeze
 from tests.conftest import CATALOG, installed_binary
 from tests.support import in_process_worker
 from utils import FailureInjector, exit_now
@@ -27,19 +27,27 @@ HISTORIES = Path(__file__).parent / "histories"
 # Histories of every generation of the workflows stay: a release started by older code must
 # still replay on the new. Name a new generation for each versioned change, and record it;
 # files without a generation (success.0.json) are the first one.
-GENERATION = "v3"
+GENERATION = "v4"
 # The generations recorded before (besides the first): their files stay, and must keep replaying.
-PAST_GENERATIONS = ("v2",)
+PAST_GENERATIONS = ("v2", "v3")
 
 # scenario: (release key, failure injector, whether the release succeeds)
 SCENARIOS = {
     "success": ("RELEASE-NOV-23-INITIAL", FailureInjector("never"), True),
     "retries": ("RELEASE-NOV-23-INITIAL", FailureInjector("alot", seed=7), True),
+    # A promotion into PROD of versions never tested in QC: refused (it was a missing artifact before v4).
     "missing-artifact": ("RELEASE-JAN-24-ALPHA-PROD", FailureInjector("never"), False),
     "unknown-key": ("RELEASE-NEVER", FailureInjector("never"), False),
     # Held for approval of sbstore, then approved by an Update and the rest by a Signal.
     "approvals": ("RELEASE-FEB-24-BETA-HOLD", FailureInjector("never"), True),
+    # From v4: sbstore fails its security check in QC (FAILING_CHECKS).
+    "gate-failure": ("RELEASE-NOV-23-INITIAL", FailureInjector("never"), False),
+    # From v4: PROD frozen (examples/freeze.json), unfrozen by an Update; a Signal after it is ignored.
+    "freeze": ("RELEASE-DEMO-FREEZE", FailureInjector("never"), True),
 }
+# Scenarios that only a generation from v4 on records.
+SINCE_V4 = ("gate-failure", "freeze")
+FREEZE_CATALOG = CATALOG.parent / "examples" / "freeze.json"
 
 
 async def approve_when_held(handle: WorkflowHandle) -> None:
@@ -49,16 +57,31 @@ async def approve_when_held(handle: WorkflowHandle) -> None:
     await handle.signal("approve", Approval(approver="recorder"))  # nothing left: ignored, but in history
 
 
+async def unfreeze_when_frozen(handle: WorkflowHandle) -> None:
+    while (await handle.query(ReleaseWorkflow.progress)).status != FROZEN:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+    await handle.execute_update(ReleaseWorkflow.unfreeze, Unfreeze(approver="recorder"))
+    await handle.signal("unfreeze", Unfreeze(approver="recorder"))  # unfrozen already: ignored, but in history
+
+
 async def record(env: WorkflowEnvironment, scenario: str) -> list[Path]:
     key, failures, succeeds = SCENARIOS[scenario]
     with tempfile.TemporaryDirectory() as workspace:
-        rm = ReleaseManagement(Path(workspace), CATALOG)
+        rm = ReleaseManagement(
+            Path(workspace),
+            FREEZE_CATALOG if scenario == "freeze" else CATALOG,
+            failing_checks=frozenset({("sbstore-1.0", "QC", "security")})
+            if scenario == "gate-failure"
+            else frozenset(),
+        )
         async with in_process_worker(env, rm, failures) as task_queue:
             handle = await env.client.start_workflow(
                 ReleaseWorkflow.run, ReleaseInfo(release_key=key), id=f"release-{key}-{scenario}", task_queue=task_queue
             )
             if scenario == "approvals":
                 await approve_when_held(handle)
+            if scenario == "freeze":
+                await unfreeze_when_frozen(handle)
             try:
                 await handle.result()
                 assert succeeds, f"{scenario} was expected to fail"

@@ -1,0 +1,170 @@
+"""Freeze windows: a durable wait with status FROZEN, the unfreeze override, and the windows' arithmetic."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.client import WorkflowUpdateFailedError
+from temporalio.testing import WorkflowEnvironment
+
+from release_management import CatalogError, ReleaseManagement
+from shared import FROZEN, SUCCESS, FreezeWindow, Unfreeze, frozen_until, render_progress
+from tests.conftest import CATALOG
+from tests.support import in_process_worker
+from tests.test_approvals import cause_of, start, until_status
+from workflows import ReleaseWorkflow
+
+KEY = "RELEASE-NOV-23-INITIAL"
+
+
+def frozen_catalog(tmp_path: Path, env: str, *windows: dict[str, str]) -> ReleaseManagement:
+    catalog = json.loads(CATALOG.read_text())
+    catalog["environments"][env]["freeze"] = list(windows)
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps(catalog))
+    return ReleaseManagement(tmp_path / "ws", path)
+
+
+def iso(when: datetime) -> str:
+    return when.isoformat().replace("+00:00", "Z")
+
+
+def unfreeze_lines(rm: ReleaseManagement) -> list[dict[str, Any]]:
+    return [e for e in rm.ledger.entries() if e.get("step") == "unfreeze"]
+
+
+def deployed_to(rm: ReleaseManagement, env: str) -> list[str]:
+    return sorted(
+        f"{e['container']}-{e['version']}" for e in rm.ledger.entries() if e.get("step") == "deploy" and e["env"] == env
+    )
+
+
+async def test_a_release_waits_out_a_freeze_on_a_durable_timer(tmp_path: Path, ts_env: WorkflowEnvironment) -> None:
+    now = await ts_env.get_current_time()
+    end = (now + timedelta(hours=50)).replace(microsecond=0)
+    rm = frozen_catalog(
+        tmp_path, "PROD", {"start": iso(now - timedelta(hours=1)), "end": iso(end), "reason": "year-end freeze"}
+    )
+    async with in_process_worker(ts_env, rm) as tq:
+        handle = await start(ts_env, tq, now=True)
+        state = await until_status(handle, FROZEN)
+        assert {d.cells["QC"].status for d in state.deploys} <= {"done", "running"}
+        waits = [d.waiting_for for d in state.deploys if d.waiting_for]
+        assert waits and all(
+            w == f"the PROD freeze to end at {end:%Y-%m-%d %H:%M} UTC: year-end freeze" for w in waits
+        ), waits
+        assert "is waiting for the PROD freeze to end" in render_progress(state)
+        assert deployed_to(rm, "PROD") == []
+        result = await handle.result()  # the time-skipping server jumps to the window's end
+        assert result.status == SUCCESS
+        assert await ts_env.get_current_time() >= end
+        assert deployed_to(rm, "PROD") == ["backendforfrontend-1.0", "frontend-1.0", "sbstore-1.0"]
+        assert unfreeze_lines(rm) == []
+        history = await handle.fetch_history()
+        timers = [e for e in history.events if e.HasField("timer_started_event_attributes")]
+        assert timers, "the freeze is waited out on a timer"
+
+
+async def test_an_approver_unfreezes_one_release(tmp_path: Path, ts_env: WorkflowEnvironment) -> None:
+    now = await ts_env.get_current_time()
+    rm = frozen_catalog(tmp_path, "QC", {"start": iso(now - timedelta(days=1)), "end": "2100-01-01T00:00:00Z"})
+    async with in_process_worker(ts_env, rm) as tq:
+        handle = await start(ts_env, tq, now=True)
+        await until_status(handle, FROZEN)
+        with pytest.raises(WorkflowUpdateFailedError) as bad:
+            await handle.execute_update(ReleaseWorkflow.unfreeze, Unfreeze(approver="  "))
+        assert cause_of(bad.value) == "the approver is empty: say who approves"
+        assert unfreeze_lines(rm) == []
+        reply = await handle.execute_update(ReleaseWorkflow.unfreeze, Unfreeze(approver="Ana"))
+        assert reply.environments == ["QC"]
+        result = await handle.result()
+        assert result.status == SUCCESS
+        # Well before the window's end: the override, not the timer, let it through.
+        assert await ts_env.get_current_time() < datetime(2099, 1, 1, tzinfo=UTC)
+        state = await handle.query(ReleaseWorkflow.progress)
+        assert state.unfrozen_by == "Ana"
+        assert "freeze overridden by Ana" in render_progress(state)
+        [line] = unfreeze_lines(rm)
+        assert (line["approver"], line["environments"], line["deploy_key"]) == ("Ana", ["QC"], KEY)
+        assert deployed_to(rm, "PROD") == ["backendforfrontend-1.0", "frontend-1.0", "sbstore-1.0"]
+
+
+async def test_unfreeze_is_refused_when_nothing_is_frozen(tmp_path: Path, ts_env: WorkflowEnvironment) -> None:
+    rm = ReleaseManagement(tmp_path / "ws", CATALOG)
+    async with in_process_worker(ts_env, rm) as tq:
+        handle = await start(ts_env, tq, key="RELEASE-FEB-24-BETA-HOLD", now=True)
+        await until_status(handle, "AWAITING_APPROVAL")
+        with pytest.raises(WorkflowUpdateFailedError) as err:
+            await handle.execute_update(ReleaseWorkflow.unfreeze, Unfreeze(approver="Ana"))
+        assert cause_of(err.value) == (
+            "release RELEASE-FEB-24-BETA-HOLD is not frozen (AWAITING_APPROVAL): nothing waits for a freeze to end"
+        )
+        # A signal of the same name from the Web UI is checked alike, and ignored with a word in the events.
+        await handle.signal("unfreeze", Unfreeze(approver=""))
+        async with asyncio.timeout(10):
+            while True:
+                events = (await handle.query(ReleaseWorkflow.progress)).events
+                if any("ignored an unfreeze signal: the approver is empty" in e for e in events):
+                    break
+                await asyncio.sleep(0.05)
+        await handle.cancel()
+    assert unfreeze_lines(rm) == []
+
+
+def at(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+@pytest.mark.parametrize(
+    ("now", "until"),
+    [
+        ("2026-12-04T15:59:59Z", None),  # Friday, a second before
+        ("2026-12-04T16:00:00Z", "2026-12-07T08:00:00Z"),
+        ("2026-12-06T23:00:00Z", "2026-12-07T08:00:00Z"),  # Sunday
+        ("2026-12-07T07:59:59Z", "2026-12-07T08:00:00Z"),
+        ("2026-12-07T08:00:00Z", None),  # Monday, the end itself is open again
+        ("2026-12-09T12:00:00Z", None),
+    ],
+)
+def test_a_weekly_window_runs_over_the_weekend(now: str, until: str | None) -> None:
+    weekend = FreezeWindow(start="Fri 16:00", end="Monday 08:00", reason="weekend")
+    found = frozen_until([weekend], at(now))
+    assert (found[0] if found else None) == (at(until) if until else None)
+
+
+def test_windows_that_meet_chain_and_the_first_gives_the_reason() -> None:
+    weekend = FreezeWindow(start="Fri 16:00", end="Mon 08:00", reason="weekend")
+    after = FreezeWindow(start="2026-12-07T08:00Z", end="2026-12-08T00:00Z", reason="migration")
+    until, window = frozen_until([after, weekend], at("2026-12-05T10:00:00Z"))  # type: ignore[misc]
+    assert (until, window.reason) == (at("2026-12-08T00:00:00Z"), "weekend")
+    assert frozen_until([after, weekend], at("2026-12-08T00:00:00Z")) is None
+
+
+@pytest.mark.parametrize(
+    ("window", "message"),
+    [
+        (
+            {"start": "2024-02-01T00:00Z", "end": "2024-01-01T00:00Z"},
+            "environments.PROD.freeze[0]: the window ends (2024-01-01T00:00Z) before it starts (2024-02-01T00:00Z)",
+        ),
+        (
+            {"start": "Fry 16:00", "end": "Mon 08:00"},
+            "environments.PROD.freeze[0]: start 'Fry 16:00' is neither a date and time (2024-12-20T16:00Z) "
+            "nor a weekly time (Fri 16:00)",
+        ),
+        (
+            {"start": "Fri 16:00", "end": "2024-01-01T00:00Z"},
+            "environments.PROD.freeze[0]: start and end must both be weekly times (Fri 16:00) or both dates and times",
+        ),
+    ],
+)
+def test_a_bad_window_fails_naming_file_and_field(tmp_path: Path, window: dict[str, str], message: str) -> None:
+    rm = frozen_catalog(tmp_path, "PROD", window)
+    with pytest.raises(CatalogError) as err:
+        rm.gather_deployments(KEY)
+    assert str(err.value) == f"release catalog {rm.catalog_path} is invalid: {message}"
