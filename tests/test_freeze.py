@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -13,10 +14,11 @@ from temporalio.client import WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 
 from release_management import CatalogError, ReleaseManagement
-from shared import FROZEN, SUCCESS, FreezeWindow, Unfreeze, frozen_until, render_progress
-from tests.conftest import CATALOG
-from tests.support import in_process_worker
+from shared import FROZEN, SUCCESS, FreezeWindow, Unfreeze, frozen_until, render_details, render_progress
+from tests.conftest import CATALOG, REPO, target_of
+from tests.support import WorkerProcess, in_process_worker, run_script, script_env, stopped_at_the_end, task_queue
 from tests.test_approvals import cause_of, start, until_status
+from utils import python_command
 from workflows import ReleaseWorkflow
 
 KEY = "RELEASE-NOV-23-INITIAL"
@@ -59,6 +61,9 @@ async def test_a_release_waits_out_a_freeze_on_a_durable_timer(tmp_path: Path, t
             w == f"the PROD freeze to end at {end:%Y-%m-%d %H:%M} UTC: year-end freeze" for w in waits
         ), waits
         assert "is waiting for the PROD freeze to end" in render_progress(state)
+        # The Web UI's details say it too.
+        assert "waits for the PROD freeze to end at" in render_details(state)
+        assert render_details(state).startswith("**FROZEN**")
         assert deployed_to(rm, "PROD") == []
         result = await handle.result()  # the time-skipping server jumps to the window's end
         assert result.status == SUCCESS
@@ -81,7 +86,7 @@ async def test_an_approver_unfreezes_one_release(tmp_path: Path, ts_env: Workflo
         assert cause_of(bad.value) == "the approver is empty: say who approves"
         assert unfreeze_lines(rm) == []
         reply = await handle.execute_update(ReleaseWorkflow.unfreeze, Unfreeze(approver="Ana"))
-        assert reply.environments == ["QC"]
+        assert (reply.environments, reply.status) == (["QC"], "RUNNING")
         result = await handle.result()
         assert result.status == SUCCESS
         # Well before the window's end: the override, not the timer, let it through.
@@ -168,3 +173,36 @@ def test_a_bad_window_fails_naming_file_and_field(tmp_path: Path, window: dict[s
     with pytest.raises(CatalogError) as err:
         rm.gather_deployments(KEY)
     assert str(err.value) == f"release catalog {rm.catalog_path} is invalid: {message}"
+
+
+FREEZE_KEY = "RELEASE-DEMO-FREEZE"
+
+
+@pytest.mark.slow(15)
+async def test_unfreeze_from_the_command_line(dev_server: WorkflowEnvironment, tmp_path: Path) -> None:
+    """examples/freeze.json as demos.md runs it: the starter's hint, status, unfreeze, and its exit codes."""
+    env = script_env(
+        target_of(dev_server), tmp_path, task_queue(), RELEASE_CATALOG=str(REPO / "examples" / "freeze.json")
+    )
+    with stopped_at_the_end([await asyncio.to_thread(WorkerProcess(env, tmp_path / "worker.log").start)]):
+        starter = asyncio.ensure_future(run_script(["--release-key", FREEZE_KEY], env))
+        async with asyncio.timeout(60):
+            while True:
+                code, out = await run_script(["status", FREEZE_KEY], env)
+                if out.startswith(f"Release {FREEZE_KEY}: FROZEN\n"):
+                    break
+                await asyncio.sleep(0.2)
+        hint = f"{python_command()} run_workflow.py unfreeze {FREEZE_KEY} --by NAME"
+        assert f"  override the freeze for this release with: {hint}\n" in out, out
+        assert "frontend-2.0 is waiting for the PROD freeze to end at 2100-01-01 00:00 UTC" in out, out
+        code, out = await run_script(["unfreeze", FREEZE_KEY, "--by", " "], env)
+        assert (code, out) == (2, "error: the approver is empty: say who approves\n")
+        code, out = await run_script(["unfreeze", FREEZE_KEY, "--by", "Ana"], env)
+        assert (code, out) == (0, f"Unfrozen by Ana: release {FREEZE_KEY} promotes into PROD now (RUNNING)\n")
+        code, out = await starter
+        assert code == 0 and out.splitlines()[-1] == f"Result: Release {FREEZE_KEY}: SUCCESS", out
+        assert f"  it waits for the freeze to end; override it for this release with: {hint}\n" in out, out
+        assert re.search(r"^  \d\d:\d\d:\d\d freeze of PROD overridden by Ana for this release$", out, re.M), out
+        code, out = await run_script(["unfreeze", FREEZE_KEY, "--by", "Ana"], env)
+        assert code == 2 and out.startswith(f"error: release {FREEZE_KEY} is not running"), out
+    assert (tmp_path / "environments" / "PROD" / "frontend-2.0").is_file()
