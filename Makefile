@@ -91,7 +91,7 @@ release: worker
 	@$(PY) run_workflow.py --release-key $(KEY)
 
 demo: release
-	@for env in DEV TEST QC PROD; do printf '  %-5s %s\n' $$env "$$(ls $(WORKSPACE)/environments/$$env | tr '\n' ' ')"; done
+	@for env in DEV TEST QC PROD; do printf '  %-5s %s\n' $$env "$$(ls -p $(WORKSPACE)/environments/$$env | grep -v / | tr '\n' ' ')"; done
 	@echo "Web UI: $(UI)/namespaces/default/workflows   (make stop ends the worker and server)"
 
 # Stop what make started: SIGTERM, then SIGKILL if it is still there after 10 s.

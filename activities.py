@@ -48,6 +48,7 @@ class ReleaseActivities:
         return [
             self.gather_deployments,
             self.gather_release_approval,
+            self.check_upstream,
             self.record_approval,
             self.build,
             self.deploy,
@@ -73,6 +74,16 @@ class ReleaseActivities:
             return self.rm.gather_release_approval(release)
 
         return self._run(what, run)
+
+    @activity.defn
+    def check_upstream(self, release: ReleaseInfo) -> None:
+        what = f"check what {release.release_key} promotes"
+
+        def run() -> None:
+            self.failures.maybe_fail(what, activity.info().attempt)
+            self.rm.check_upstream(release)
+
+        self._run(what, run)
 
     @activity.defn
     def record_approval(self, record: ApprovalRecord) -> None:

@@ -517,10 +517,28 @@ class CatalogRelease(BaseModel):
     release_key: str
     release_date: str | None = None
     approved: bool = True
-    environments: list[Annotated[str, AfterValidator(_known_environment)]] = Field(min_length=1)
+    # Checked when the release starts (ReleaseEnvironments): a bad entry stops that release, not the others.
+    environments: list[str] = Field(min_length=1)
     versions: dict[str, str] = Field(min_length=1)
     unapproved: list[str] = Field(default_factory=list)
     approval_policy: ApprovalPolicy | None = None
+
+
+class ReleaseEnvironments(BaseModel):
+    """A release's environments, as it starts: known names, consecutive in promotion order."""
+
+    environments: list[Annotated[str, AfterValidator(_known_environment)]]
+
+    @field_validator("environments")
+    @classmethod
+    def _consecutive(cls, v: list[str]) -> list[str]:
+        idx = [ENVIRONMENTS.index(e) for e in v]
+        if idx != list(range(idx[0], idx[0] + len(idx))):
+            # A promotion copies from the environment before, so a gap could never be verified.
+            raise ValueError(
+                f"{', '.join(v)} must be consecutive in the order {' → '.join(ENVIRONMENTS)} (PROD needs QC before it)"
+            )
+        return v
 
 
 class EnvironmentSettings(BaseModel):
@@ -550,15 +568,11 @@ class EnvironmentSettings(BaseModel):
 class Catalog(BaseModel):
     containers: dict[str, str]
     default_approval_policy: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
-    environments: dict[str, EnvironmentSettings] = Field(default_factory=dict)
+    # Keys checked one by one with their values, so one reading names every problem.
+    environments: dict[Annotated[str, AfterValidator(_known_environment)], EnvironmentSettings] = Field(
+        default_factory=dict
+    )
     releases: list[CatalogRelease]
-
-    @field_validator("environments")
-    @classmethod
-    def _environments(cls, v: dict[str, EnvironmentSettings]) -> dict[str, EnvironmentSettings]:
-        for env in v:
-            _known_environment(env)
-        return v
 
     def settings(self, env: str) -> EnvironmentSettings:
         return self.environments.get(env) or EnvironmentSettings()
@@ -584,7 +598,8 @@ def _catalog_problem(err: ValidationError, text: str) -> str:
             key = entry.get("release_key") if isinstance(entry, dict) else None
             where = f"release {clip(key)}: " if isinstance(key, str) else f"releases[{loc[1]}]: "
             loc = loc[2:]
-        field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+        # "[key]": pydantic's mark of a dict key that fails, where the key itself says enough.
+        field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc if p != "[key]").lstrip(".")
         parts.append(f"{where}{field}: {msg}" if field else f"{where}{msg}")
     return "; ".join(parts)
 
@@ -668,6 +683,13 @@ class ReleaseManagement:
             except ValueError as e:
                 what = str(e)  # names the rule or the limit, quoting the key clipped
             raise UnknownRelease(f"{what}; known keys: {known}")
+        try:
+            ReleaseEnvironments(environments=entry.environments)
+        except ValidationError as e:
+            problem = _catalog_problem(e, "")
+            raise CatalogError(
+                f"release catalog {self.catalog_path} is invalid: release {release_key}: {clip(problem, QUOTE_MAX)}"
+            ) from None
         try:
             deploys = []
             for container, version in entry.versions.items():
@@ -778,21 +800,7 @@ class ReleaseManagement:
         step = _checked(step, "deploy")
         d, env = step.deploy, step.env
         name = _artifact(d)
-        source_dir, source_label = self._source(env)
-        upstream = ENVIRONMENTS[ENVIRONMENTS.index(env) - 1] if env != ENVIRONMENTS[0] else ARTIFACTORY
-        if not self.ledger.verified(d.container_id, d.version, upstream):
-            why = (
-                "the artifactory never built it"
-                if upstream == ARTIFACTORY
-                else f"it never passed its tests in {upstream}"
-            )
-            raise NotVerified(f"cannot deploy {d.container_id} {d.version} to {env}: {why}")
-        source = source_dir / name
-        missing = MissingArtifact(
-            f"cannot deploy {d.container_id} {d.version} to {env}: {source_label} does not hold {name}"
-        )
-        if not source.is_file():
-            raise missing
+        source, missing = self._promotable(d, env)
         self._work(progress)
         target_dir = self.env_dir(env)
         target_dir.mkdir(parents=True, exist_ok=True)
@@ -875,6 +883,45 @@ class ReleaseManagement:
         if (_artifact(d), env, check) in self.failing_checks:
             return False, [f"FAILING_CHECKS names {_artifact(d)}:{env}:{check}"]
         return True, []
+
+    def check_upstream(self, release: ReleaseInfo) -> None:
+        """Refuse, before any of them starts, a release whose deploys cannot enter their first environment.
+
+        Deploys that start in DEV are built by the release itself; the others promote what the
+        environment before holds, and must be verified there. Checked again by each deploy.
+        """
+        refusals: list[ReleaseError] = []
+        for d in release.deploys:
+            if d.environments[0] != ENVIRONMENTS[0]:
+                try:
+                    self._promotable(d, d.environments[0])
+                except ReleaseError as e:
+                    refusals.append(e)
+        if refusals:
+            raise type(refusals[0])(clip("; ".join(str(e) for e in refusals), QUOTE_MAX * 3))
+
+    def _promotable(self, d: DeployInfo, env: str) -> tuple[Path, MissingArtifact]:
+        """The source file of d's promotion into env, and the error to raise if it goes missing.
+
+        NotVerified unless the ledger shows d's version passing its tests in the environment before
+        (DEV: built into the artifactory): a file there is not enough. MissingArtifact if it is not there.
+        """
+        source_dir, source_label = self._source(env)
+        upstream = ENVIRONMENTS[ENVIRONMENTS.index(env) - 1] if env != ENVIRONMENTS[0] else ARTIFACTORY
+        if not self.ledger.verified(d.container_id, d.version, upstream):
+            why = (
+                "the artifactory never built it"
+                if upstream == ARTIFACTORY
+                else f"it never passed its tests in {upstream}"
+            )
+            raise NotVerified(f"cannot deploy {d.container_id} {d.version} to {env}: {why}")
+        name = _artifact(d)
+        missing = MissingArtifact(
+            f"cannot deploy {d.container_id} {d.version} to {env}: {source_label} does not hold {name}"
+        )
+        if not (source_dir / name).is_file():
+            raise missing
+        return source_dir / name, missing
 
     def _source(self, env: str) -> tuple[Path, str]:
         i = ENVIRONMENTS.index(env)

@@ -152,9 +152,11 @@ def check_running(state: str, wanted: dict[str, str]) -> int:
         return 0
     had = settings_line({name: running.get(name, "") for name in differ})
     asked = settings_line({name: wanted[name] for name in differ})
+    # An optional setting back to its default needs no word in the command (not FAILING_CHECKS='').
+    restart = settings_line({n: wanted[n] for n in differ if OPTIONAL_DEFAULTS.get(n, wanted[n] + "x") != wanted[n]})
     print(
         f"Worker already running (pid {pid}) with {had}, not {asked} as asked: "
-        f"restart it with `{make} stop-worker && {asked} {make} worker`"
+        f"restart it with `{make} stop-worker && {(restart + ' ') if restart else ''}{make} worker`"
     )
     return 1
 

@@ -634,7 +634,7 @@ async def main(argv: list[str]) -> int:
         target = connect_config()
         key = check_release_key(getattr(args, "release_key", DEFAULT_RELEASE_KEY))
         if args.command in ("approve", "unfreeze"):
-            args.approver = check_approver(args.approver)
+            args.approver = check_approver(args.approver, "unfreezes" if args.command == "unfreeze" else "approves")
         rm = ReleaseManagement(settings.workspace, settings.catalog)
         try:
             known: list[str] | None = rm.release_keys()
@@ -645,8 +645,13 @@ async def main(argv: list[str]) -> int:
                 # A catalog that reads but is wrong would fail the release as it gathers: say so before it starts.
                 raise CatalogError(f"cannot start {key}: {e}") from None
             known = None  # the worker's catalog decides
-        if args.command == "start" and known is not None and key not in known:
-            raise ValueError(f"unknown release key {key!r}; known keys: {', '.join(known)}")
+        if args.command == "start" and known is not None:
+            if key not in known:
+                raise ValueError(f"unknown release key {key!r}; known keys: {', '.join(known)}")
+            try:
+                rm.gather_deployments(key)  # the release's own entry: what it gathers, it gets
+            except CatalogError as e:
+                raise CatalogError(f"cannot start {key}: {e}") from None
     except (ValueError, CatalogError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

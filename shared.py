@@ -77,11 +77,11 @@ def check_release_key(key: str) -> str:
     return _check(key, RELEASE_KEY, "release key", "use letters, digits, '.', '_' and '-'")
 
 
-def check_approver(name: str) -> str:
+def check_approver(name: str, does: str = "approves") -> str:
     """The approver's name, stripped: 1-100 printable characters, so it cannot draw fake lines in a terminal."""
     name = name.strip()
     if not name:
-        raise ValueError("the approver is empty: say who approves")
+        raise ValueError(f"the approver is empty: say who {does}")
     if len(name) > APPROVER_MAX:
         raise ValueError(f"the approver's name is {len(name)} characters long; the limit is {APPROVER_MAX}")
     if not name.isprintable():

@@ -11,7 +11,7 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey
-from temporalio.exceptions import ApplicationError, is_cancelled_exception
+from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
@@ -160,6 +160,34 @@ class ReleaseWorkflow:
 
         self._set_status(RUNNING)
         to_run = [d for d in release.deploys if d.deploy_key not in skipped]
+        # Deploys that start after DEV promote what is there: all are checked before any starts, so a
+        # refused one does not leave the others half promoted. Releases recorded before did not check.
+        promoting = [d for d in to_run if d.environments[0] != ENVIRONMENTS[0]]
+        if promoting and workflow.patched("check-upstream-first"):
+            try:
+                await workflow.execute_activity_method(
+                    ReleaseActivities.check_upstream,
+                    release.model_copy(update={"deploys": promoting}),
+                    start_to_close_timeout=timedelta(seconds=30),
+                    retry_policy=RetryPolicy(
+                        maximum_interval=timedelta(seconds=10), non_retryable_error_types=NON_RETRYABLE_ERRORS
+                    ),
+                    summary=f"check what {release.release_key} promotes",
+                )
+            except ActivityError as err:
+                if is_cancelled_exception(err):
+                    raise
+                error = root_cause(err)
+                refused = {d.deploy_key: d.environments[0] for d in promoting}
+                for deploy in self.state.deploys:
+                    if deploy.deploy_key in refused:
+                        deploy.cells[refused[deploy.deploy_key]].status = "failed"
+                self._event(f"refused before any deploy started: {_message(error)}")
+                raise ApplicationError(
+                    f"{_message(error)}; deployed: nothing",
+                    type=getattr(error, "type", None) or "NotVerified",
+                    non_retryable=True,
+                ) from None
         # Releases recorded before this change ran each deploy as a child workflow that signalled
         # its progress after every step; see _run_deploys for why the release runs them itself.
         if workflow.patched("release-runs-its-deploys"):
@@ -619,7 +647,7 @@ class ReleaseWorkflow:
 
     def _unfreeze_check(self, request: Unfreeze) -> str:
         key = self.state.release_key
-        approver = check_approver(request.approver)
+        approver = check_approver(request.approver, "unfreezes")
         if self.state.status in (SUCCESS, FAILED, CANCELLED):
             raise ValueError(f"release {key} has finished ({self.state.status}): nothing to unfreeze")
         if self.state.unfrozen_by is not None:

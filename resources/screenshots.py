@@ -32,6 +32,8 @@ from utils import exit_now
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "resources"
 INITIAL, HOTFIX, HOLD = "RELEASE-NOV-23-INITIAL", "RELEASE-NOV-23-HOTFIX-STAGE", "RELEASE-FEB-24-BETA-HOLD"
+# The freeze demo's catalog (demos.md, demo 11): PROD frozen until 2100, so the release waits there.
+FREEZE, FREEZE_CATALOG = "RELEASE-DEMO-FREEZE", REPO / "examples" / "freeze.json"
 FAILURE_SEED = "7"  # fixed, so the same steps fail on every run and the timeline shows retries
 CHROMIUM_FLAGS = [
     *"--headless --no-sandbox --disable-gpu --disable-background-networking --disable-quic --no-first-run".split(),
@@ -199,6 +201,55 @@ async def awaiting_approval(env: WorkflowEnvironment, browser: Chromium, senv: d
     return ok
 
 
+async def until_listed(env: WorkflowEnvironment, query: str) -> None:
+    for _ in range(120):
+        if [w async for w in env.client.list_workflows(query, limit=1)]:
+            return
+        await asyncio.sleep(0.5)
+    raise RuntimeError(f"no workflow matched {query}")
+
+
+async def frozen(env: WorkflowEnvironment, browser: Chromium, senv: dict[str, str], ui: str, workspace: Path) -> bool:
+    """A release waiting for a PROD freeze to end, with the reason; then it is unfrozen, and finishes.
+
+    The worker gathers releases from its catalog, so this one has a worker of its own, with the
+    freeze catalog, on a task queue and in a workspace of their own.
+    """
+    if not FREEZE_CATALOG.is_file():
+        print(f"note: {FREEZE_CATALOG.relative_to(REPO)} is missing; skipping ui-release-frozen.png", flush=True)
+        return True
+    await asyncio.to_thread(workspace.mkdir)
+    fenv = senv | {
+        "RELEASE_CATALOG": str(FREEZE_CATALOG),
+        "RELEASE_TASK_QUEUE": "freeze-demo",
+        "RELEASE_WORKSPACE": str(workspace),
+        "FAILURE_RATE": "never",
+    }
+    worker = await start_script("run_worker.py", env=fenv)
+    starter = None
+    try:
+        _drain = await until_ready(worker)
+        starter = await start_script("run_workflow.py", "--release-key", FREEZE, env=fenv)
+        await until_listed(env, f'ReleaseKey="{FREEZE}" AND ReleaseStatus="FROZEN"')
+        run_id = (await env.client.get_workflow_handle(f"release-{FREEZE}").describe()).run_id
+        url = f"{ui}/release-{FREEZE}/{run_id}/user-metadata"
+        ok = await browser.screenshot(url, "ui-release-frozen.png", "waits for the PROD freeze", width=1400)
+        await run_workflow("unfreeze", FREEZE, "--by", "screenshots", env=fenv)
+        out, _ = await asyncio.wait_for(starter.communicate(), 180)  # unfrozen, it finishes before the server stops
+    finally:
+        if starter is not None and starter.returncode is None:
+            starter.kill()
+        if worker.returncode is None:
+            worker.send_signal(signal.SIGINT)
+            try:
+                await asyncio.wait_for(worker.wait(), 30)
+            except TimeoutError:
+                worker.kill()
+    if starter.returncode:
+        raise RuntimeError(f"release {FREEZE} exited {starter.returncode} after the unfreeze:\n{out.decode()}")
+    return ok
+
+
 async def main(chromium: str) -> int:
     # SIGTERM (a stopped make, say) cancels like Ctrl+C, so the dev server is still shut down.
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, asyncio.current_task().cancel)  # type: ignore[union-attr]
@@ -234,6 +285,7 @@ async def main(chromium: str) -> int:
             details = "ui-release-details.png"
             ok &= await browser.screenshot(f"{url}/user-metadata", details, "backendforfrontend-1.0", width=1400)
             ok &= await awaiting_approval(env, browser, senv, ui)
+            ok &= await frozen(env, browser, senv, ui, Path(workspace) / "freeze")
     finally:
         if browser:
             await browser.close()

@@ -83,7 +83,7 @@ async def test_an_approver_unfreezes_one_release(tmp_path: Path, ts_env: Workflo
         await until_status(handle, FROZEN)
         with pytest.raises(WorkflowUpdateFailedError) as bad:
             await handle.execute_update(ReleaseWorkflow.unfreeze, Unfreeze(approver="  "))
-        assert cause_of(bad.value) == "the approver is empty: say who approves"
+        assert cause_of(bad.value) == "the approver is empty: say who unfreezes"
         assert unfreeze_lines(rm) == []
         reply = await handle.execute_update(ReleaseWorkflow.unfreeze, Unfreeze(approver="Ana"))
         assert (reply.environments, reply.status) == (["QC"], "RUNNING")
@@ -114,7 +114,7 @@ async def test_unfreeze_is_refused_when_nothing_is_frozen(tmp_path: Path, ts_env
         async with asyncio.timeout(10):
             while True:
                 events = (await handle.query(ReleaseWorkflow.progress)).events
-                if any("ignored an unfreeze signal: the approver is empty" in e for e in events):
+                if any("ignored an unfreeze signal: the approver is empty: say who unfreezes" in e for e in events):
                     break
                 await asyncio.sleep(0.05)
         await handle.cancel()
@@ -196,7 +196,7 @@ async def test_unfreeze_from_the_command_line(dev_server: WorkflowEnvironment, t
         assert f"  override the freeze for this release with: {hint}\n" in out, out
         assert "frontend-2.0 is waiting for the PROD freeze to end at 2100-01-01 00:00 UTC" in out, out
         code, out = await run_script(["unfreeze", FREEZE_KEY, "--by", " "], env)
-        assert (code, out) == (2, "error: the approver is empty: say who approves\n")
+        assert (code, out) == (2, "error: the approver is empty: say who unfreezes\n")
         code, out = await run_script(["unfreeze", FREEZE_KEY, "--by", "Ana"], env)
         assert (code, out) == (0, f"Unfrozen by Ana: release {FREEZE_KEY} promotes into PROD now (RUNNING)\n")
         code, out = await starter
