@@ -158,15 +158,21 @@ class Ledger:
             return applied
 
     def verified(self, container: str, version: str, place: str) -> bool:
-        """Whether the ledger records container at version built (place "artifactory") or passing its tests in place.
+        """Whether the ledger records container at version built (place "artifactory"), or whether its latest
+        tests in place passed: a later failure there takes back an earlier pass, whichever run it was.
 
-        O(1) through the index, like record_unless_claimed; any run of any release counts.
+        O(1) through the index, like record_unless_claimed.
         """
+        if not self.path.exists():
+            return False  # nothing was ever recorded, and a question creates no ledger
         proof = (container, version, place)
         with self._locked() as fd, self._indexed(fd, build=True) as index:
             found = index.verified(proof) if index is not None else None
             if found is None:
-                found = any(_proof_of(e) == proof for e in self._read(fd)[0])
+                found = False
+                for e in self._read(fd)[0]:
+                    if (p := _proof_of(e)) is not None and p[0] == proof:
+                        found = p[1]
             return found
 
     def applied_before(self, identity: tuple[object, ...]) -> bool:
@@ -271,17 +277,17 @@ def _claimed(entries: list[dict[str, object]], identity: tuple[object, ...]) -> 
     return any(_claims(e) and identity_of(e) == identity for e in entries)
 
 
-def _proof_of(entry: Mapping[str, object]) -> tuple[object, object, object] | None:
-    """What a ledger line proves for promotions: (container, version, "artifactory") for a build,
-    (container, version, env) for tests that passed in env; None for anything else.
+def _proof_of(entry: Mapping[str, object]) -> tuple[tuple[object, object, object], bool] | None:
+    """What a ledger line says for promotions: ((container, version, "artifactory"), True) for a build,
+    ((container, version, env), passed) for tests in env; None for anything else.
 
     Test lines written before quality gates have no "passed": those tests could only pass.
     """
     step = entry.get("step")
     if step == "build":
-        return entry.get("container"), entry.get("version"), ARTIFACTORY
-    if step == "test" and entry.get("passed", True) is True:
-        return entry.get("container"), entry.get("version"), entry.get("env")
+        return (entry.get("container"), entry.get("version"), ARTIFACTORY), True
+    if step == "test":
+        return (entry.get("container"), entry.get("version"), entry.get("env")), entry.get("passed", True) is True
     return None
 
 
@@ -317,8 +323,8 @@ class _ClaimIndex:
     database file) outside the flock: SQLite's own locks order that, and it changes no answer.
     """
 
-    # 2: proofs (builds and passed tests) beside claims; an index of version 1 is built again.
-    VERSION = 2
+    # 3: proofs (builds, and the latest verdict of tests) beside claims; an index of an older version is built again.
+    VERSION = 3
     # How many bytes before the covered end the index keeps, to tell an appended ledger from a rewritten one.
     SEAL = 256
     # Seconds to wait for SQLite's own lock, which only a connection closing outside the flock can hold.
@@ -370,10 +376,11 @@ class _ClaimIndex:
             return None
 
     def verified(self, proof: tuple[object, ...]) -> bool | None:
-        """Whether a line proves proof (see _proof_of); None if the index fails (then the ledger answers)."""
+        """Whether the latest line about proof proves it (see _proof_of); None if the index fails."""
         assert self.db is not None
         try:
-            return self.db.execute("SELECT 1 FROM proofs WHERE proof = ?", (_key(proof),)).fetchone() is not None
+            row = self.db.execute("SELECT passed FROM proofs WHERE proof = ?", (_key(proof),)).fetchone()
+            return row is not None and bool(row[0])
         except sqlite3.Error as e:
             self._close()
             self._warn(e)
@@ -432,7 +439,7 @@ class _ClaimIndex:
         self.opened = (os.getpid(), st.st_dev, st.st_ino)
         db.execute("BEGIN IMMEDIATE")
         db.execute("CREATE TABLE claims (identity TEXT PRIMARY KEY) WITHOUT ROWID")
-        db.execute("CREATE TABLE proofs (proof TEXT PRIMARY KEY) WITHOUT ROWID")
+        db.execute("CREATE TABLE proofs (proof TEXT PRIMARY KEY, passed INTEGER) WITHOUT ROWID")
         db.execute("CREATE TABLE coverage (dev INTEGER, ino INTEGER, covered INTEGER, seal BLOB)")
         db.execute("INSERT INTO coverage VALUES (0, 0, 0, x'')")
         db.execute(f"PRAGMA user_version = {self.VERSION}")
@@ -450,8 +457,14 @@ class _ClaimIndex:
             claims = sorted({_key(identity_of(e)) for e in entries if _claims(e)})
             # In key order SQLite fills its pages one after another: an index build takes half the time.
             self.db.executemany("INSERT OR IGNORE INTO claims VALUES (?)", ((k,) for k in claims))
-            proofs = sorted({_key(p) for e in entries if (p := _proof_of(e)) is not None})
-            self.db.executemany("INSERT OR IGNORE INTO proofs VALUES (?)", ((k,) for k in proofs))
+            # In ledger order, the last line about each proof wins (a build's is always a pass).
+            verdicts: dict[str, bool] = {}
+            for e in entries:
+                if (p := _proof_of(e)) is not None:
+                    verdicts[_key(p[0])] = p[1]
+            self.db.executemany(
+                "INSERT OR REPLACE INTO proofs VALUES (?, ?)", ((k, int(v)) for k, v in sorted(verdicts.items()))
+            )
         ledger = os.fstat(fd)
         self.db.execute(
             "UPDATE coverage SET dev = ?, ino = ?, covered = ?, seal = ?",
@@ -555,8 +568,9 @@ class EnvironmentSettings(BaseModel):
     @field_validator("checks")
     @classmethod
     def _checks(cls, v: list[str] | None) -> list[str] | None:
-        if v is not None and len(set(v)) < len(v):
-            raise ValueError("a check is named twice")
+        twice = sorted({c for c in v or [] if (v or []).count(c) > 1})
+        if twice:
+            raise ValueError(f"check {twice[0]!r} is named twice")
         return v
 
     @field_validator("config")

@@ -12,7 +12,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # Promotion order: each environment takes its artifact from the one before it,
 # DEV from the artifactory.
@@ -211,6 +211,9 @@ class FreezeWindow(BaseModel):
     Absolute ("2024-12-20T16:00Z" to "2025-01-02T08:00Z") or weekly ("Fri 16:00" to "Mon 08:00",
     UTC; a weekly window may run over the weekend into the next week).
     """
+
+    # A misspelt field ("reasn") is refused, not silently dropped.
+    model_config = ConfigDict(extra="forbid")
 
     start: str
     end: str

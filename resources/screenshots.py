@@ -53,7 +53,11 @@ def free_port() -> int:
 
 def script_env(target: str, workspace: Path) -> dict[str, str]:
     """The scripts' settings, isolated from any .env, profile or shell settings on this machine."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "RELEASE_", "FAILURE_", "DEMO_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("TEMPORAL_", "RELEASE_", "FAILURE_", "FAILING_", "DEMO_", "WORKER_"))
+    }
     return env | {
         "TEMPORAL_ADDRESS": target,
         "TEMPORAL_NAMESPACE": "default",

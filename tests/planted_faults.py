@@ -42,8 +42,8 @@ FAULTS = [
     Fault(
         "deploy writes its file twice",
         "release_management.py",
-        "            atomic_write(target, data)\n",
-        "            atomic_write(target, data)\n            atomic_write(target, data)\n",
+        "        applied = _write_if_changed(target, data)\n",
+        "        applied = _write_if_changed(target, data)\n        atomic_write(target, data)\n",
         ("tests/test_idempotency.py", "tests/test_release_management.py"),
     ),
     Fault(
@@ -65,12 +65,102 @@ FAULTS = [
     Fault(
         "the old version removed before the new one is written",
         "release_management.py",
-        "        applied = not target.exists() or target.read_bytes() != data\n",
+        "        applied = _write_if_changed(target, data)\n",
         "        for old in target_dir.iterdir():\n"
-        "            if old.name != name and _container_of(old.name) == d.container_id:\n"
+        "            if old.name != name and old.is_file() and _container_of(old.name) == d.container_id:\n"
         "                old.unlink()\n"
-        "        applied = not target.exists() or target.read_bytes() != data\n",
+        "        applied = _write_if_changed(target, data)\n",
         ("tests/test_idempotency.py", "tests/test_release_management.py"),
+    ),
+    Fault(
+        "the old version removed before the configuration names the new one",
+        "release_management.py",
+        '        if self.midway is not None:\n            self.midway("deploy", step, attempt)\n',
+        "        for old in target_dir.iterdir():\n"
+        "            if old.name != name and old.is_file() and _container_of(old.name) == d.container_id:\n"
+        "                old.unlink()\n"
+        '        if self.midway is not None:\n            self.midway("deploy", step, attempt)\n',
+        ("tests/test_gates.py",),
+    ),
+    Fault(
+        "the configuration written before the artifact it names",
+        "release_management.py",
+        "        applied = _write_if_changed(target, data)\n        if self.midway is not None:\n",
+        "        config = self.config_path(env, d.container_id)\n"
+        "        config.parent.mkdir(exist_ok=True)\n"
+        "        _write_if_changed(config, render_config(d, env, step.release_key))\n"
+        "        applied = _write_if_changed(target, data)\n        if self.midway is not None:\n",
+        ("tests/test_gates.py",),
+    ),
+    Fault(
+        "placeholders in configuration values left as they are",
+        "release_management.py",
+        '.replace("{env}", env)',
+        "",
+        ("tests/test_gates.py",),
+    ),
+    Fault(
+        "a deploy no longer asks the ledger whether its version passed upstream",
+        "release_management.py",
+        "        if not self.ledger.verified(d.container_id, d.version, upstream):\n",
+        "        if False:\n",
+        ("tests/test_gates.py",),
+    ),
+    Fault(
+        "a test that failed its gate counts as a proof",
+        "release_management.py",
+        '    if step == "test" and entry.get("passed", True) is True:\n',
+        '    if step == "test":\n',
+        ("tests/test_gates.py",),
+    ),
+    Fault(
+        "test lines written before quality gates no longer count as passed",
+        "release_management.py",
+        'entry.get("passed", True) is True',
+        'entry.get("passed", False) is True',
+        ("tests/test_gates.py",),
+    ),
+    Fault(
+        "the ledger's index learns no proofs",
+        "release_management.py",
+        '            self.db.executemany("INSERT OR IGNORE INTO proofs VALUES (?)", ((k,) for k in proofs))\n',
+        "",
+        ("tests/test_gates.py",),
+    ),
+    Fault(
+        "a retry runs the checks again instead of reading this run's verdict",
+        "release_management.py",
+        "            verdict = _verdict(report, step.run_id)\n",
+        "            verdict = None\n",
+        ("tests/test_gates.py",),
+    ),
+    Fault(
+        "a check that fails does not stop the checks after it",
+        "release_management.py",
+        "            if not passed:\n",
+        "            if not passed and check == checks[-1]:\n",
+        ("tests/test_gates.py",),
+    ),
+    Fault(
+        "the worker ignores FAILING_CHECKS",
+        "run_worker.py",
+        ", failing_checks=settings.failing_checks",
+        "",
+        ("tests/test_gates.py",),
+    ),
+    Fault(
+        "FAILURE_AT=midway never strikes",
+        "activities.py",
+        "            rm.midway = self._midway\n",
+        "            pass\n",
+        ("tests/test_gates.py",),
+    ),
+    Fault(
+        "a gate failure retried",
+        "release_management.py",
+        "(UnknownRelease, CatalogError, MissingArtifact, InvalidStep, NotVerified, GateFailed)",
+        "(UnknownRelease, CatalogError, MissingArtifact, InvalidStep, NotVerified)",
+        ("tests/test_release_management.py",),
     ),
     Fault(
         "promotion from DEV instead of the environment before",

@@ -33,7 +33,7 @@ def script_env(target: str, workspace: Path, task_queue: str, **overrides: str) 
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("TEMPORAL_", "RELEASE_", "FAILURE_", "DEMO_", "WORKER_"))
+        if not k.startswith(("TEMPORAL_", "RELEASE_", "FAILURE_", "FAILING_", "DEMO_", "WORKER_"))
     }
     env.update(
         TEMPORAL_ADDRESS=target,

@@ -41,11 +41,12 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
-from release_management import build_content
+from release_management import build_content, render_config
 from shared import ENVIRONMENTS
 from tests.conftest import REPO, ProofLines, installed_binary
 from tests.observer import LandingObserver
 from tests.support import WorkerProcess, script_env, task_queue
+from tests.test_idempotency import CHECKS
 from utils import EXIT_CODE
 from workflows import RELEASE_KEY, RELEASE_STATUS
 
@@ -216,9 +217,11 @@ async def test_release_survives_worker_kills_and_a_server_restart(
     landed = observer.counts()
     artifacts = [f"artifactory/{a}" for a in ARTIFACTS]
     artifacts += [f"environments/{e}/{a}" for e in ENVIRONMENTS for a in ARTIFACTS]
-    reports = [f"artifactory/reports/{a}/{e}.json" for a in ARTIFACTS for e in ENVIRONMENTS]
+    reports = [f"artifactory/reports/{a}/{e}-{c}.json" for a in ARTIFACTS for e in ENVIRONMENTS for c in CHECKS[e]]
+    configs = [f"environments/{e}/config/{a.rsplit('-', 1)[0]}.json" for e in ENVIRONMENTS for a in ARTIFACTS]
     twice = {path: n for path, n in sorted(landed.items()) if n > 1}
-    never = [path for path in artifacts + reports if path not in landed]
+    never = [path for path in artifacts + reports + configs if path not in landed]
+    assert sorted(landed) == sorted(artifacts + reports + configs), f"unexpected landings (seed {seed})"
     assert not twice, f"landed more than once: {twice} (seed {seed})"
     assert not never, f"never landed: {never} (seed {seed})"
     duplicates = sum(n - 1 for n in landed.values())
@@ -228,11 +231,14 @@ async def test_release_survives_worker_kills_and_a_server_restart(
     for name in ENVIRONMENTS:
         folder = workspace / "environments" / name
         # A worker that dies mid-write leaves its hidden temporary file; what is in place is what counts.
-        placed = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+        placed = sorted(p.name for p in folder.iterdir() if not p.name.startswith(".") and p.name != "config")
         assert placed == ARTIFACTS, f"{name} (seed {seed})"
         for artifact in ARTIFACTS:
-            expected = build_content(release_info[artifact.rsplit("-", 1)[0]], KEY)
+            container = artifact.rsplit("-", 1)[0]
+            expected = build_content(release_info[container], KEY)
             assert (folder / artifact).read_bytes() == expected, f"partial {name}/{artifact} (seed {seed})"
+            config = folder / "config" / f"{container}.json"
+            assert config.read_bytes() == render_config(release_info[container], name, KEY), f"{config} (seed {seed})"
 
     # The ledger's own claim: every execution recorded, exactly one of them applied per step.
     lines = [json.loads(line) for line in ledger.read_text().splitlines() if line.strip()]
@@ -263,7 +269,8 @@ async def test_release_survives_worker_kills_and_a_server_restart(
         f"{kills} worker kills, {restarts} server restart survived, striking {in_flight} steps in flight; "
         f"{len(applied)} steps executed in {attempts} attempts ({attempts - steps} retries), "
         f"{len(executions)} executions in the ledger ({len(executions) - len(applied)} found their work done); "
-        f"{len(artifacts)} artifacts + {len(reports)} reports landed once each, {duplicates} landed twice "
+        f"{len(artifacts)} artifacts + {len(reports)} reports + {len(configs)} configurations landed once each, "
+        f"{duplicates} landed twice "
         f"(observed with inotify); wall {wall:.1f}s (CHAOS_SEED={seed})"
     )
 

@@ -121,12 +121,15 @@ async def test_start_exits_0_when_the_release_succeeds_and_1_when_it_fails(
         assert re.search(rf"^  \d\d:\d\d:\d\d {deploy} \(attempt 2\)$", out, re.M), out
         # Exit 1, and the root cause in the result line.
         assert failed_code == 1, failed_out
-        failed = re.fullmatch(
-            rf"Result: Release {DEC_PROD}: FAILED: MissingArtifact: cannot deploy (\w+) 1\.[17] to PROD: "
-            r"QC does not hold \1-1\.[17]; deployed: nothing",
-            failed_out.splitlines()[-1].replace("; the other deploys stopped after their step in flight", ""),
+        # Every deploy refused at once, before any starts: nothing of the release reaches PROD.
+        refused = "; ".join(
+            f"cannot deploy {artifact} to PROD: it never passed its tests in QC"
+            for artifact in ("frontend 1.1", "sbstore 1.7", "backendforfrontend 1.7")
         )
-        assert failed, failed_out
+        assert (
+            failed_out.splitlines()[-1]
+            == f"Result: Release {DEC_PROD}: FAILED: NotVerified: {refused}; deployed: nothing"
+        ), failed_out
 
         (code, out), (failed_code, failed_out) = await asyncio.gather(
             run_script(["status", ALPHA_DEV], env), run_script(["status", DEC_PROD], env)

@@ -66,7 +66,13 @@ async def test_eight_releases_of_one_container_take_turns(dev_server: WorkflowEn
     assert overlaps(spans(entries, "deploy", "DEV", "frontend")) == []
     # DEV holds one version: the one the last deploy put there.
     dev = sorted(p.name for p in (tmp_path / "environments" / "DEV").iterdir())
-    assert dev == [f"frontend-{deploys[-1]['version']}"]
+    assert dev == ["config", f"frontend-{deploys[-1]['version']}"]
+    # Its configuration is the last deploy's too: the writes of two deploys never interleaved.
+    config = json.loads((tmp_path / "environments" / "DEV" / "config" / "frontend.json").read_bytes())
+    assert (config["artifact"], config["release_key"]) == (
+        f"frontend-{deploys[-1]['version']}",
+        deploys[-1]["release_key"],
+    )
 
 
 @pytest.mark.slow(25)
@@ -96,7 +102,8 @@ async def test_releases_of_the_same_containers_to_prod_all_succeed(
         assert code == 0 and f"Result: Release {key}: SUCCESS" in out, out
     entries = Ledger(tmp_path / "ledger.jsonl").entries()
     for name in envs:
-        held = sorted(p.name for p in (tmp_path / "environments" / name).iterdir())
+        folder = tmp_path / "environments" / name
+        held = sorted(p.name for p in folder.iterdir() if p.name != "config")
         assert len(held) == 3, f"{name} holds {held}"
         for container in CONTAINERS:
             assert overlaps(spans(entries, "deploy", name, container)) == [], f"{name}/{container}"
@@ -105,3 +112,9 @@ async def test_releases_of_the_same_containers_to_prod_all_succeed(
                 key=lambda e: e["at"],
             )
             assert f"{container}-{last['version']}" in held
+            # The configuration is the last deploy's, naming the version held.
+            config = json.loads((folder / "config" / f"{container}.json").read_bytes())
+            assert (config["artifact"], config["release_key"]) == (
+                f"{container}-{last['version']}",
+                last["release_key"],
+            )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from pathlib import Path
 
@@ -37,8 +38,16 @@ def files(versions: tuple[str, str, str]) -> list[str]:
 
 
 def contents(workspace: Path, env: str) -> list[str]:
+    """The artifacts env holds; its config folder must name exactly these, one file per container."""
     folder = workspace / "environments" / env
-    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+    if not folder.exists():
+        return []
+    held = sorted(p.name for p in folder.iterdir() if p.name != "config")
+    configs = {p.name: json.loads(p.read_bytes()) for p in (folder / "config").iterdir()}
+    assert {name: (c["artifact"], c["environment"]) for name, c in configs.items()} == {
+        f"{artifact.rsplit('-', 1)[0]}.json": (artifact, env) for artifact in held
+    }, f"{env}: the configuration does not go with the artifacts"
+    return held
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import json
 import subprocess
 import sys
 import uuid
@@ -36,17 +37,30 @@ KEY = "RELEASE-NOV-23-INITIAL"
 RUN = "run-1"
 ARTIFACTS = ["backendforfrontend-1.0", "frontend-1.0", "sbstore-1.0"]
 # Every folder a step writes into, made before watching so that no landing is missed.
-WATCHED = ["artifactory", "artifactory/reports", *(f"environments/{env}" for env in ENVIRONMENTS)]
+WATCHED = [
+    "artifactory",
+    "artifactory/reports",
+    *(f"environments/{env}" for env in ENVIRONMENTS),
+    *(f"environments/{env}/config" for env in ENVIRONMENTS),
+]
 # 3 containers x (a build, then a deploy and a test in each of the 4 environments).
 STEPS = len(ARTIFACTS) * (1 + 2 * len(ENVIRONMENTS))
+# The quality gates releases.json sets for each environment: a report per check.
+CHECKS = {"DEV": ["unit"], "TEST": ["integration"], "QC": ["performance", "security"], "PROD": ["smoke"]}
 
 
 def expected_landings() -> dict[str, int]:
-    """Each artifact, deployed file and test report of KEY, landed exactly once."""
+    """Each artifact, deployed file, configuration file and check report of KEY, landed exactly once."""
     paths = [f"artifactory/{a}" for a in ARTIFACTS]
     paths += [f"environments/{e}/{a}" for e in ENVIRONMENTS for a in ARTIFACTS]
-    paths += [f"artifactory/reports/{a}/{e}.json" for a in ARTIFACTS for e in ENVIRONMENTS]
+    paths += [f"environments/{e}/config/{a.rsplit('-', 1)[0]}.json" for e in ENVIRONMENTS for a in ARTIFACTS]
+    paths += [f"artifactory/reports/{a}/{e}-{c}.json" for a in ARTIFACTS for e in ENVIRONMENTS for c in CHECKS[e]]
     return dict.fromkeys(paths, 1)
+
+
+def test_the_expected_checks_are_the_catalogs() -> None:
+    catalog = ReleaseManagement(Path("/nonexistent"), CATALOG).catalog()
+    assert {env: catalog.checks(env) for env in ENVIRONMENTS} == CHECKS
 
 
 def watch(workspace: Path) -> LandingObserver:
@@ -131,7 +145,11 @@ def test_failure_at_and_action_are_read_and_checked(monkeypatch: pytest.MonkeyPa
     settings = Settings.from_env()
     assert (settings.failure_at, settings.failure_action) == (("start",), "raise")
     for name, value, message in [
-        ("FAILURE_AT", "effect,middle", "FAILURE_AT='effect,middle': 'middle' is not one of start, effect, end"),
+        (
+            "FAILURE_AT",
+            "effect,middle",
+            "FAILURE_AT='effect,middle': 'middle' is not one of start, midway, effect, end",
+        ),
         ("FAILURE_ACTION", "kill", "FAILURE_ACTION='kill' is not one of raise, exit"),
     ]:
         with monkeypatch.context() as m:
@@ -152,12 +170,12 @@ def struck_attempts(injector: FailureInjector, point: str, what: str = "build fr
 
 
 def test_each_point_draws_on_its_own_and_a_seed_replays_the_same_faults() -> None:
-    every = ("start", "effect", "end")
+    every = ("start", "midway", "effect", "end")
     injector = FailureInjector("sometimes", seed=5, at=every)
     hits = {point: struck_attempts(injector, point) for point in every}
     assert hits == {point: struck_attempts(FailureInjector("sometimes", seed=5, at=every), point) for point in every}
     assert all(15 <= len(h) <= 45 for h in hits.values()), hits  # about 30 of 100
-    assert len({tuple(h) for h in hits.values()}) == 3, "points that strike together are not drawn on their own"
+    assert len({tuple(h) for h in hits.values()}) == 4, "points that strike together are not drawn on their own"
     # A point not asked for never strikes; the start point draws as it did before FAILURE_AT.
     assert struck_attempts(FailureInjector("sometimes", seed=5, at=("effect",)), "start") == []
     assert struck_attempts(FailureInjector("sometimes", seed=5), "start") == hits["start"]
@@ -301,14 +319,18 @@ def test_a_crash_while_deploying_a_new_version_leaves_the_old_one_whole(
             m.setattr(release_management.os, at, crash)
             with pytest.raises(OSError, match="simulated crash"):
                 rm.deploy(s)
-        assert sorted(p.name for p in dev.iterdir()) == ["frontend-1.0"], "half-written, or a temporary file left"
+        assert sorted(p.name for p in dev.iterdir()) == ["config", "frontend-1.0"], "half-written, or a temporary file"
         assert (dev / "frontend-1.0").read_bytes() == old
+        # The configuration still goes with the version in place, and nothing else is in its folder.
+        assert [p.name for p in (dev / "config").iterdir()] == ["frontend.json"]
+        assert json.loads((dev / "config" / "frontend.json").read_bytes())["artifact"] == "frontend-1.0"
         assert len(rm.ledger.entries()) == lines
         # Nothing landed under the target's name, even for a moment: never half-written in place.
         assert landed(observer) == {}
         assert rm.deploy(s, attempt=2).applied  # the retry, once the fault has passed
     assert rm.contents("DEV") == ["frontend-1.2"]
-    assert landed(observer) == {"environments/DEV/frontend-1.2": 1}
+    assert json.loads((dev / "config" / "frontend.json").read_bytes())["artifact"] == "frontend-1.2"
+    assert landed(observer) == {"environments/DEV/frontend-1.2": 1, "environments/DEV/config/frontend.json": 1}
 
 
 def test_a_crash_while_replacing_a_report_leaves_the_old_report_whole(
@@ -316,7 +338,7 @@ def test_a_crash_while_replacing_a_report_leaves_the_old_report_whole(
 ) -> None:
     for run, s in steps_of(rm)[:3]:
         run(s)
-    report = tmp_path / "artifactory" / "reports" / "frontend-1.0" / "DEV.json"
+    report = tmp_path / "artifactory" / "reports" / "frontend-1.0" / "DEV-unit.json"
     old = report.read_bytes()
     again = steps_of(rm)[2][1].model_copy(update={"run_id": "run-2"})  # another run replaces the report
     with monkeypatch.context() as m:
@@ -324,4 +346,4 @@ def test_a_crash_while_replacing_a_report_leaves_the_old_report_whole(
         with pytest.raises(OSError, match="simulated crash"):
             rm.test(again)
     assert report.read_bytes() == old
-    assert sorted(p.name for p in report.parent.iterdir()) == ["DEV.json"]
+    assert sorted(p.name for p in report.parent.iterdir()) == ["DEV-unit.json"]

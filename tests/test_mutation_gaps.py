@@ -36,6 +36,7 @@ SETTINGS_VARIABLES = (
     "FAILURE_ACTION",
     "DEMO_STEP_SECONDS",
     "WORKER_METRICS_PORT",
+    "FAILING_CHECKS",
 )
 
 
@@ -54,6 +55,7 @@ def test_settings_without_variables_are_the_defaults(env: pytest.MonkeyPatch) ->
     assert s.catalog == (REPO_ROOT / "releases.json").resolve()
     assert (s.failure_rate, s.failure_seed, s.step_seconds) == ("rarely", None, 3.0)
     assert (s.failure_at, s.failure_action) == (("start",), "raise")
+    assert s.failing_checks == frozenset()
 
 
 def test_settings_read_each_variable(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -96,7 +98,7 @@ def test_failure_at_names_the_bad_point_and_the_form() -> None:
     with pytest.raises(ValueError) as err:
         parse_failure_at("start,later")
     assert str(err.value) == (
-        "FAILURE_AT='start,later': 'later' is not one of start, effect, end (a comma list, say effect,end)"
+        "FAILURE_AT='start,later': 'later' is not one of start, midway, effect, end (a comma list, say effect,end)"
     )
 
 
@@ -175,7 +177,7 @@ def test_a_report_that_is_not_an_object_is_written_again(rm: ReleaseManagement) 
     step = _step("frontend", "1.0", "DEV")
     rm.build(step)
     rm.deploy(step)
-    report = rm.report_path(step.deploy, "DEV")
+    report = rm.report_path(step.deploy, "DEV", "unit")
     report.parent.mkdir(parents=True)
     report.write_text("[1, 2]")
     assert rm.test(step).applied

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -12,10 +13,11 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
-from release_management import Ledger
+from release_management import Ledger, ReleaseManagement
 from shared import AWAITING_APPROVAL, RUNNING, ReleaseState
-from tests.conftest import target_of
+from tests.conftest import CATALOG, target_of
 from tests.support import WorkerProcess, run_script, script_env, task_queue
+from tests.test_release_management import promote
 from workflows import ReleaseWorkflow
 
 HOLD = "RELEASE-FEB-24-BETA-HOLD"
@@ -102,10 +104,8 @@ async def test_cancel_from_the_command_line_reports_what_was_deployed(
 ) -> None:
     key = "RELEASE-JAN-24-ALPHA-QC"
     env = script_env(target_of(dev_server), tmp_path, task_queue(), DEMO_STEP_SECONDS="2")
-    # ALPHA-QC promotes from DEV: put what it needs there, as ALPHA-DEV would have.
-    (tmp_path / "environments" / "DEV").mkdir(parents=True)
-    for artifact in ("frontend-1.2", "sbstore-1.8", "backendforfrontend-1.8"):
-        (tmp_path / "environments" / "DEV" / artifact).write_text(artifact)
+    # ALPHA-QC promotes what passed its tests in DEV: ALPHA-DEV's steps, run here first.
+    promote(ReleaseManagement(tmp_path, CATALOG), "RELEASE-JAN-24-ALPHA-DEV", run="alpha-dev")
     worker = WorkerProcess(env, tmp_path / "worker.log").start()
     try:
         release = asyncio.create_task(run_script(["--release-key", key], env))
@@ -127,12 +127,12 @@ async def test_cancel_from_the_command_line_reports_what_was_deployed(
     assert await steps_after_cancel(dev_server.client, f"release-{key}") == []
     # What the result says was deployed is what the environments hold, and no file is half there.
     said = followed.split("deployed before the cancel: ", 1)[1].split(")", 1)[0]
-    held = {
-        f"{p.name} → {env}"
-        for env in ("TEST", "QC")
-        if (tmp_path / "environments" / env).is_dir()
-        for p in (tmp_path / "environments" / env).iterdir()
-    }
+    rm = ReleaseManagement(tmp_path, CATALOG)
+    held = {f"{artifact} → {env}" for env in ("TEST", "QC") for artifact in rm.contents(env)}
+    # Each configuration deployed goes with an artifact that is there: a cancel never splits the pair.
+    for env in ("TEST", "QC"):
+        configs = sorted((tmp_path / "environments" / env / "config").glob("*.json"))
+        assert sorted(json.loads(c.read_bytes())["artifact"] for c in configs) == rm.contents(env)
     claimed = {
         f"{artifact} → {env}"
         for artifact, envs in (part.split(" → ") for part in said.split("; "))

@@ -17,8 +17,10 @@ from release_management import (
     NON_RETRYABLE_ERRORS,
     Catalog,
     CatalogError,
+    GateFailed,
     InvalidStep,
     MissingArtifact,
+    NotVerified,
     ReleaseManagement,
     UnknownRelease,
 )
@@ -71,11 +73,20 @@ def test_build_writes_the_artifact(rm: ReleaseManagement, tmp_path: Path) -> Non
     assert "git: https://github.com/mybiz/sbstore.git" in text
 
 
-def test_each_promotion_takes_from_the_environment_before(rm: ReleaseManagement) -> None:
+def test_each_promotion_takes_from_the_environment_before(rm: ReleaseManagement, tmp_path: Path) -> None:
     s = step(rm, "RELEASE-NOV-23-INITIAL", "frontend", "DEV")
-    with pytest.raises(MissingArtifact, match="cannot deploy frontend 1.0 to DEV: the artifactory does not hold"):
+    with pytest.raises(NotVerified, match=r"^cannot deploy frontend 1.0 to DEV: the artifactory never built it$"):
         rm.deploy(s)
     rm.build(s)
+    # Built, as the ledger says, but the file is gone from the artifactory: nothing to copy.
+    artifact = tmp_path / "artifactory" / "frontend-1.0"
+    content = artifact.read_bytes()
+    artifact.unlink()
+    with pytest.raises(
+        MissingArtifact, match=r"^cannot deploy frontend 1.0 to DEV: the artifactory does not hold frontend-1.0$"
+    ):
+        rm.deploy(s)
+    artifact.write_bytes(content)
     for env in ("DEV", "TEST", "QC", "PROD"):
         assert rm.deploy(s.model_copy(update={"env": env})) == ("frontend-1.0", True)
         assert rm.contents(env) == ["frontend-1.0"]
@@ -86,19 +97,31 @@ def test_a_promotion_takes_from_the_environment_just_before_not_from_dev(rm: Rel
     s = step(rm, "RELEASE-NOV-23-INITIAL", "frontend", "DEV")
     rm.build(s)
     rm.deploy(s)
-    # DEV holds the artifact, TEST does not: QC has nothing tested in TEST to take.
+    rm.test(s)
+    in_test = s.model_copy(update={"env": "TEST"})
+    rm.deploy(in_test)
+    rm.test(in_test)
+    tested = tmp_path / "environments" / "TEST" / "frontend-1.0"
+    content = tested.read_bytes()
+    # Tested in TEST (the ledger says so), yet gone from it: DEV still holds it, but QC takes only from TEST.
+    tested.unlink()
     with pytest.raises(MissingArtifact, match=r"^cannot deploy frontend 1.0 to QC: TEST does not hold frontend-1.0$"):
         rm.deploy(s.model_copy(update={"env": "QC"}))
     assert rm.contents("QC") == []
-    rm.deploy(s.model_copy(update={"env": "TEST"}))
     # What QC gets is TEST's copy: marked here, so a copy from DEV would show.
-    (tmp_path / "environments" / "TEST" / "frontend-1.0").write_bytes(b"as TEST holds it")
+    tested.write_bytes(content + b"as TEST holds it")
     rm.deploy(s.model_copy(update={"env": "QC"}))
-    assert (tmp_path / "environments" / "QC" / "frontend-1.0").read_bytes() == b"as TEST holds it"
+    assert (tmp_path / "environments" / "QC" / "frontend-1.0").read_bytes() == content + b"as TEST holds it"
 
 
-def test_promotion_without_source_fails_clearly(rm: ReleaseManagement) -> None:
-    with pytest.raises(MissingArtifact, match=r"cannot deploy sbstore 1.8 to PROD: QC does not hold sbstore-1.8"):
+def test_promotion_without_source_fails_clearly(rm: ReleaseManagement, tmp_path: Path) -> None:
+    with pytest.raises(NotVerified, match=r"^cannot deploy sbstore 1.8 to PROD: it never passed its tests in QC$"):
+        rm.deploy(step(rm, "RELEASE-JAN-24-ALPHA-PROD", "sbstore", "PROD"))
+    promote(rm, "RELEASE-JAN-24-ALPHA-DEV")
+    promote(rm, "RELEASE-JAN-24-ALPHA-QC")
+    # Passed its tests in QC, then removed from it: the ledger's word is not a file to copy.
+    (tmp_path / "environments" / "QC" / "sbstore-1.8").unlink()
+    with pytest.raises(MissingArtifact, match=r"^cannot deploy sbstore 1.8 to PROD: QC does not hold sbstore-1.8$"):
         rm.deploy(step(rm, "RELEASE-JAN-24-ALPHA-PROD", "sbstore", "PROD"))
     assert rm.contents("PROD") == []
 
@@ -202,13 +225,16 @@ def test_the_test_step_writes_a_report_per_run(rm: ReleaseManagement, tmp_path: 
     rm.build(s)
     rm.deploy(s)
     rm.test(s)
-    path = tmp_path / "artifactory" / "reports" / "sbstore-1.0" / "DEV.json"
+    path = tmp_path / "artifactory" / "reports" / "sbstore-1.0" / "DEV-unit.json"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["DEV-unit.json"]
     report = json.loads(path.read_text())
     assert {k: v for k, v in report.items() if not k.endswith("_at")} == {
         "container": "sbstore",
         "version": "1.0",
         "environment": "DEV",
+        "check": "unit",
         "passed": True,
+        "findings": [],
         "release_key": "RELEASE-NOV-23-INITIAL",
         "run_id": RUN,
     }
@@ -458,11 +484,19 @@ def test_a_programming_error_fails_the_step_for_good_in_one_line(
 
 def test_release_errors_and_simulated_failures_keep_their_types(rm: ReleaseManagement) -> None:
     env = ActivityEnvironment()
-    with pytest.raises(MissingArtifact) as missing:
+    with pytest.raises(NotVerified) as unverified:
         env.run(ReleaseActivities(rm).deploy, frontend(rm))
+    with pytest.raises(MissingArtifact) as missing:
+        env.run(ReleaseActivities(rm).test, frontend(rm))
     with pytest.raises(UnknownRelease):
         env.run(ReleaseActivities(rm).gather_deployments, "NOPE")
-    assert type(missing.value).__name__ in NON_RETRYABLE_ERRORS
+    rm.failing_checks = frozenset({("frontend-1.0", "DEV", "unit")})
+    for run in (rm.build, rm.deploy):
+        run(frontend(rm))
+    with pytest.raises(GateFailed) as gate:
+        env.run(ReleaseActivities(rm).test, frontend(rm))
+    for err in (unverified, missing, gate):
+        assert type(err.value).__name__ in NON_RETRYABLE_ERRORS
     with pytest.raises(SimulatedFailure, match="simulated failure: build frontend-1.0 → DEV, attempt 1"):
         env.run(ReleaseActivities(rm, FailFirst()).build, frontend(rm))
 

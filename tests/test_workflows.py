@@ -14,6 +14,7 @@ from temporalio.testing import WorkflowEnvironment
 from release_management import ReleaseManagement
 from shared import DeployInfo, ReleaseInfo, ReleaseResult, root_cause
 from tests.support import activity_starts, in_process_worker
+from tests.test_release_management import promote
 from utils import FailureInjector
 from workflows import ReleaseWorkflow
 
@@ -61,12 +62,24 @@ async def test_unknown_release_key_fails_at_once(ts_env: WorkflowEnvironment, rm
 # others while their failures are on the way. The time-skipping test server refuses such a
 # cancel (ACTIVITY_UNKNOWN, temporalio/sdk-java#2391) and the release hangs; a real server
 # finds the failure among the events it buffered, as it should.
-async def test_missing_source_fails_without_retrying(dev_server: WorkflowEnvironment, rm: ReleaseManagement) -> None:
+@pytest.mark.parametrize("qc", ["never tested", "tested, then emptied"])
+async def test_missing_source_fails_without_retrying(
+    dev_server: WorkflowEnvironment, rm: ReleaseManagement, tmp_path: Path, qc: str
+) -> None:
+    if qc == "never tested":
+        error, message = "NotVerified", "to PROD: it never passed its tests in QC"
+    else:
+        # The versions passed their tests in QC, as the ledger says; then QC lost the files.
+        promote(rm, "RELEASE-JAN-24-ALPHA-DEV")
+        promote(rm, "RELEASE-JAN-24-ALPHA-QC")
+        for artifact in rm.contents("QC"):
+            (tmp_path / "environments" / "QC" / artifact).unlink()
+        error, message = "MissingArtifact", "to PROD: QC does not hold"
     async with in_process_worker(dev_server, rm) as tq:
         handle = await start(dev_server, tq, ReleaseInfo(release_key="RELEASE-JAN-24-ALPHA-PROD"))
         cause = await failure_of(handle)
-    assert isinstance(cause, ApplicationError) and cause.type == "MissingArtifact"
-    assert "to PROD: QC does not hold" in str(cause)
+    assert isinstance(cause, ApplicationError) and cause.type == error
+    assert message in str(cause)
     assert rm.contents("PROD") == []
     assert set(await attempts(dev_server, handle, children=True)) == {1}
 
