@@ -19,7 +19,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError, CancelledError, FailureError
 
 from release_management import ReleaseError, ReleaseManagement
-from shared import ApprovalRecord, ApprovalReport, ReleaseInfo, StepInput, StepResult, clip
+from shared import ApprovalRecord, ApprovalReport, ReleaseInfo, RollbackRequest, StepInput, StepResult, clip
 from utils import FailureInjector, SimulatedFailure
 
 T = TypeVar("T")
@@ -28,7 +28,7 @@ MESSAGE_MAX = 300
 
 def step_summary(verb: str, step: StepInput) -> str:
     d = step.deploy
-    arrow = "in" if verb == "test" else "→"
+    arrow = "in" if verb in ("test", "rollback") else "→"
     return f"{verb} {d.container_id}-{d.version} {arrow} {step.env}"
 
 
@@ -53,6 +53,7 @@ class ReleaseActivities:
             self.build,
             self.deploy,
             self.test,
+            self.rollback,
         ]
 
     @activity.defn
@@ -103,6 +104,18 @@ class ReleaseActivities:
     @activity.defn
     def test(self, step: StepInput) -> StepResult:
         return self._step("test", step)
+
+    @activity.defn
+    def rollback(self, request: RollbackRequest) -> StepResult:
+        step, attempt = request.step, activity.info().attempt
+        what = step_summary("rollback", step)
+
+        def run() -> StepResult:
+            self.failures.maybe_fail(what, attempt, key=step.release_key)
+            outcome = self.rm.rollback(step, attempt=attempt, progress=activity.heartbeat, by=request.by)
+            return StepResult(artifact=outcome.artifact, attempt=attempt, applied=outcome.applied)
+
+        return self._run(what, run)
 
     def _step(self, verb: str, step: StepInput) -> StepResult:
         attempt = activity.info().attempt

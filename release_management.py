@@ -26,14 +26,17 @@ from shared import (
     ARTIFACTORY,
     DEFAULT_CHECKS,
     ENVIRONMENTS,
+    HEALTH,
     MAX_CHECKS,
     MAX_FREEZE_WINDOWS,
+    STOP_ALL,
     ApprovalPolicy,
     ApprovalRecord,
     ApprovalReport,
     ConfigValue,
     DeployInfo,
     FreezeWindow,
+    OnFailure,
     ReleaseInfo,
     StepInput,
     check_check_name,
@@ -72,9 +75,14 @@ class GateFailed(ReleaseError):
     """A quality gate's verdict: final for this version in this environment, whatever a retry would do."""
 
 
+class VerificationFailed(ReleaseError):
+    """The health check after a deploy's tests failed: final, like a gate."""
+
+
 # Error types a retry cannot fix; workflows list them in their retry policies.
 NON_RETRYABLE_ERRORS = [
-    c.__name__ for c in (UnknownRelease, CatalogError, MissingArtifact, InvalidStep, NotVerified, GateFailed)
+    c.__name__
+    for c in (UnknownRelease, CatalogError, MissingArtifact, InvalidStep, NotVerified, GateFailed, VerificationFailed)
 ]
 
 # An error message quotes at most this much of what it read, so one line stays one line.
@@ -113,8 +121,12 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 def identity_of(entry: Mapping[str, object]) -> tuple[object, ...]:
-    """What a ledger line is about: one step of one deploy in one environment of one release run."""
-    return tuple(entry.get(k) for k in ("run_id", "deploy_key", "step", "env"))
+    """What a ledger line is about: one step of one deploy in one environment of one release run.
+
+    A try a person asked for (retry, see StepInput) is a step of its own; lines without one keep their identity.
+    """
+    identity = tuple(entry.get(k) for k in ("run_id", "deploy_key", "step", "env"))
+    return (*identity, entry["retry"]) if entry.get("retry") else identity
 
 
 class Ledger:
@@ -535,6 +547,7 @@ class CatalogRelease(BaseModel):
     versions: dict[str, str] = Field(min_length=1)
     unapproved: list[str] = Field(default_factory=list)
     approval_policy: ApprovalPolicy | None = None
+    on_failure: OnFailure | None = None
 
 
 class ReleaseEnvironments(BaseModel):
@@ -568,6 +581,10 @@ class EnvironmentSettings(BaseModel):
     @field_validator("checks")
     @classmethod
     def _checks(cls, v: list[str] | None) -> list[str] | None:
+        if HEALTH in (v or []):
+            raise ValueError(
+                f"{HEALTH!r} is the health check that follows every environment's checks: name yours otherwise"
+            )
         twice = sorted({c for c in v or [] if (v or []).count(c) > 1})
         if twice:
             raise ValueError(f"check {twice[0]!r} is named twice")
@@ -582,6 +599,8 @@ class EnvironmentSettings(BaseModel):
 class Catalog(BaseModel):
     containers: dict[str, str]
     default_approval_policy: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
+    # Absent: the release stops at the first gate or health failure and leaves it as it is (as before rollbacks).
+    default_on_failure: OnFailure = Field(default_factory=lambda: STOP_ALL.model_copy())
     # Keys checked one by one with their values, so one reading names every problem.
     environments: dict[Annotated[str, AfterValidator(_known_environment)], EnvironmentSettings] = Field(
         default_factory=dict
@@ -731,6 +750,7 @@ class ReleaseManagement:
                 approval_policy=entry.approval_policy or catalog.default_approval_policy,
                 deploys=deploys,
                 freezes={e: catalog.settings(e).freeze for e in entry.environments if catalog.settings(e).freeze},
+                on_failure=entry.on_failure or catalog.default_on_failure,
             )
         except ValidationError as e:
             raise CatalogError(
@@ -818,6 +838,7 @@ class ReleaseManagement:
         self._work(progress)
         target_dir = self.env_dir(env)
         target_dir.mkdir(parents=True, exist_ok=True)
+        self._keep_before(step)
         try:
             data = source.read_bytes()
         except FileNotFoundError:
@@ -846,11 +867,13 @@ class ReleaseManagement:
         return StepOutcome(name, self._record(step, "deploy", attempt, started, applied))
 
     def test(self, step: StepInput, attempt: int = 1, progress: Callable[[], None] = _noop) -> StepOutcome:
-        """Run the environment's quality gates on the deployed artifact, one report per check.
+        """Run the environment's quality gates on the deployed artifact, then its health check; one report each.
 
-        Applied if this execution wrote a report. A report this run already wrote is its verdict:
-        a retry never runs a check again, so a gate failure stays one (GateFailed, final), and a
-        check that passed is not run twice. The ledger line says whether the tests passed.
+        Applied if this execution wrote a report. A report this try already wrote is its verdict: a
+        retry by Temporal never runs a check again, so a failure stays one (GateFailed, or
+        VerificationFailed for the health check, both final), and a check that passed is not run
+        twice. Only a new try that a person asks for (step.retry) runs them anew. The ledger line
+        says whether the tests passed.
         """
         started = _now()
         step = _checked(step, "test")
@@ -861,9 +884,9 @@ class ReleaseManagement:
         self._work(progress)
         applied = False
         checks = d.checks_in(env)
-        for check in checks:
+        for check in [*checks, HEALTH]:
             report = self.report_path(d, env, check)
-            verdict = _verdict(report, step.run_id)
+            verdict = _verdict(report, step.run_id, step.retry)
             if verdict is None:
                 verdict = self._check(d, env, check)
                 # A report of another run is replaced: the report says what this run found.
@@ -877,6 +900,7 @@ class ReleaseManagement:
                     "findings": verdict[1],
                     "release_key": step.release_key,
                     "run_id": step.run_id,
+                    **({"retry": step.retry} if step.retry else {}),
                     "started_at": started,
                     "finished_at": _now(),
                 }
@@ -886,11 +910,97 @@ class ReleaseManagement:
             if not passed:
                 self._record(step, "test", attempt, started, applied, {"passed": False, "failed_check": check})
                 finding = f": {findings[0]}" if findings else ""
-                raise GateFailed(clip(f"{name} failed {check} in {env}{finding}", QUOTE_MAX))
+                error = VerificationFailed if check == HEALTH else GateFailed
+                raise error(clip(f"{name} failed {check} in {env}{finding}", QUOTE_MAX))
         self._effect_in_place("test", step, attempt)
         return StepOutcome(
             name, self._record(step, "test", attempt, started, applied, {"passed": True, "checks": checks})
         )
+
+    def rollback(
+        self, step: StepInput, attempt: int = 1, progress: Callable[[], None] = _noop, by: str | None = None
+    ) -> StepOutcome:
+        """Give step.env back exactly what it held of the container before this run deployed there.
+
+        The artifact files and the config file, byte for byte, or nothing if it held nothing. In the
+        order a deploy writes (old artifact beside the new, then the config, then the other removed),
+        so a crash leaves the old pair or the new, never a config beside another version alone.
+        Idempotent; a run that never deployed there has nothing to give back, and records nothing.
+        """
+        started = _now()
+        step = _checked(step, "roll back")
+        d, env = step.deploy, step.env
+        kept = self._kept(step)
+        if not kept.is_dir():
+            return StepOutcome("", False)
+        self._work(progress)
+        target_dir = self.env_dir(env)
+        old = sorted(
+            p.name for p in kept.iterdir() if p.name != KEPT_CONFIG and _container_of(p.name) == d.container_id
+        )
+        applied = False
+        for name in old:
+            applied = _write_if_changed(target_dir / name, (kept / name).read_bytes()) or applied
+        config = self.config_path(env, d.container_id)
+        if (kept / KEPT_CONFIG).is_file():
+            applied = _write_if_changed(config, (kept / KEPT_CONFIG).read_bytes()) or applied
+        elif config.exists():
+            config.unlink()
+            applied = True
+        for other in self._held(env, d.container_id):
+            if other.name not in old:
+                other.unlink(missing_ok=True)
+                applied = True
+        restored = self._holder_before(env, d.container_id, step.run_id) if old else None
+        self._effect_in_place("rollback", step, attempt)
+        extra = {"restored": restored, "by": by}
+        # The artifact it holds again ("" for none), for the release to say what is where.
+        return StepOutcome(old[0] if old else "", self._record(step, "rollback", attempt, started, applied, extra))
+
+    def _kept(self, step: StepInput) -> Path:
+        return self.env_dir(step.env) / ".rollback" / step.run_id / step.deploy.container_id
+
+    def _held(self, env: str, container: str) -> list[Path]:
+        folder = self.env_dir(env)
+        if not folder.is_dir():
+            return []
+        return [
+            p
+            for p in folder.iterdir()
+            if p.is_file() and not p.name.startswith(".") and _container_of(p.name) == container
+        ]
+
+    def _keep_before(self, step: StepInput) -> None:
+        """Keep what step.env holds of the container, once per run, before this run's deploy changes it."""
+        kept = self._kept(step)
+        if kept.is_dir():
+            return  # kept by an earlier attempt, before anything was changed
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        partial = kept.with_name(f".{kept.name}.{secrets.token_hex(4)}.partial")
+        partial.mkdir()
+        for held in self._held(step.env, step.deploy.container_id):
+            atomic_write(partial / held.name, held.read_bytes())
+        config = self.config_path(step.env, step.deploy.container_id)
+        if config.is_file():
+            atomic_write(partial / KEPT_CONFIG, config.read_bytes())
+        # Whole or not at all: a crash before the rename leaves a partial folder, and the retry keeps anew.
+        os.rename(partial, kept)
+
+    def _holder_before(self, env: str, container: str, run_id: str) -> dict[str, object] | None:
+        """Who put what env holds of container there, as the ledger says, leaving out run_id's own lines.
+
+        Reads the whole ledger: a rollback is rare, and a deploy must not pay for it.
+        """
+        holder: dict[str, object] | None = None
+        for e in self.ledger.entries():
+            if e.get("env") != env or e.get("container") != container or e.get("run_id") == run_id or not _claims(e):
+                continue
+            if e.get("step") == "deploy":
+                holder = {k: e.get(k) for k in ("version", "release_key", "run_id", "at")}
+            elif e.get("step") == "rollback":
+                restored = e.get("restored")
+                holder = restored if isinstance(restored, dict) else None
+        return holder
 
     def _check(self, d: DeployInfo, env: str, check: str) -> tuple[bool, list[str]]:
         """A simulated check suite: it fails where FAILING_CHECKS says, with one finding."""
@@ -975,6 +1085,7 @@ class ReleaseManagement:
             "version": d.version,
             "step": verb,
             "env": step.env,
+            **({"retry": step.retry} if step.retry else {}),
             "attempt": attempt,
             "started_at": started_at,
             "at": _now(),
@@ -998,18 +1109,22 @@ def _checked(step: StepInput, verb: str) -> StepInput:
         raise InvalidStep(f"refusing to {verb}: {clip(describe_validation_error(e), QUOTE_MAX)}") from None
 
 
-def _verdict(report: Path, run_id: str) -> tuple[bool, list[str]] | None:
-    """(passed, findings) of a check report this run wrote; None if there is none that reads."""
+def _verdict(report: Path, run_id: str, retry: int = 0) -> tuple[bool, list[str]] | None:
+    """(passed, findings) of a check report this run's try wrote; None if there is none that reads."""
     try:
         body = json.loads(report.read_bytes())
     except FileNotFoundError:
         return None
     except ValueError:
         return None  # not a report this tool wrote whole: run the check again
-    if not isinstance(body, dict) or body.get("run_id") != run_id:
+    if not isinstance(body, dict) or body.get("run_id") != run_id or body.get("retry", 0) != retry:
         return None
     findings = body.get("findings")
     return body.get("passed") is True, [str(f) for f in findings] if isinstance(findings, list) else []
+
+
+# The config file as a rollback keeps it: not an artifact's name, which has a version after its last "-".
+KEPT_CONFIG = "config.json"
 
 
 def _write_if_changed(path: Path, data: bytes) -> bool:

@@ -4,8 +4,12 @@
     .venv/bin/python run_workflow.py status KEY                     # its progress: deploys x environments
     .venv/bin/python run_workflow.py approve KEY --by NAME [--deploy CONTAINER]
     .venv/bin/python run_workflow.py unfreeze KEY --by NAME        # let a FROZEN release promote now
+    .venv/bin/python run_workflow.py retry KEY --by NAME [--deploy CONTAINER]     # a HELD deploy: run its checks again
+    .venv/bin/python run_workflow.py rollback KEY --by NAME [--deploy CONTAINER]  # a HELD deploy: roll it back
     .venv/bin/python run_workflow.py cancel KEY                     # stop between steps; says what was deployed
     .venv/bin/python run_workflow.py list                           # the catalog's releases and their latest runs
+    .venv/bin/python run_workflow.py inventory [--json]             # what each environment holds, who put it there
+    .venv/bin/python run_workflow.py history ENV [CONTAINER]        # promotions and rollbacks into ENV, newest first
 
 Starting a release that is already running attaches to it and follows it.
 KEY defaults to RELEASE-NOV-23-INITIAL; `--list` is an alias of `list`.
@@ -47,6 +51,7 @@ try:
     from temporalio.exceptions import TerminatedError, is_cancelled_exception
     from temporalio.service import RPCError, RPCStatusCode
 
+    from inventory import print_history, print_inventory
     from release_management import CatalogError, ReleaseManagement
     from shared import (
         AWAITING_APPROVAL,
@@ -54,6 +59,7 @@ try:
         FROZEN,
         RUNNING,
         Approval,
+        Decision,
         DeployState,
         ReleaseResult,
         ReleaseState,
@@ -87,7 +93,7 @@ RIDE_THROUGH_SECONDS = 300
 TRANSIENT = (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.UNKNOWN)
 # Queries and updates need a worker to answer; without one they would wait forever.
 WORKER_ANSWER = timedelta(seconds=10)
-COMMANDS = ("start", "status", "approve", "unfreeze", "cancel", "list")
+COMMANDS = ("start", "status", "approve", "unfreeze", "retry", "rollback", "cancel", "list", "inventory", "history")
 # An idle worker renews its long poll about once a minute, and a killed worker stays in the
 # task queue's poller list for minutes: only a poller seen more recently than this counts.
 POLLER_FRESH_SECONDS = 90
@@ -140,8 +146,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     unfreeze = commands.add_parser("unfreeze", help="override the freeze windows for a FROZEN release")
     unfreeze.add_argument("release_key")
     unfreeze.add_argument("--by", required=True, dest="approver", help="who overrides the freeze")
+    for name, does in (
+        ("retry", "run the failed checks of a HELD deploy again"),
+        ("rollback", "roll back a HELD deploy"),
+    ):
+        decide = commands.add_parser(name, help=does)
+        decide.add_argument("release_key")
+        decide.add_argument("--by", required=True, dest="approver", help="who decides")
+        decide.add_argument("--deploy", help="the held deploy's container, when several are held")
     commands.add_parser("cancel", help="cancel a running release").add_argument("release_key")
     commands.add_parser("list", help="the catalog's releases with the status of their latest runs")
+    inventory = commands.add_parser("inventory", help="what each environment holds, who put it there, and drift")
+    inventory.add_argument("--json", action="store_true", help="print it as JSON")
+    history = commands.add_parser("history", help="the promotions and rollbacks into an environment, newest first")
+    history.add_argument("env", metavar="ENV", help="DEV, TEST, QC or PROD")
+    history.add_argument("container", metavar="CONTAINER", nargs="?", help="only this container")
     return parser.parse_args(argv)
 
 
@@ -244,6 +263,7 @@ class Follower:
     events_seen: int = 0
     hinted: bool = False
     unfreeze_hinted: bool = False
+    held_hinted: list[str] = field(default_factory=list)
     shown: dict[str, Hashable] = field(default_factory=dict)
 
     async def follow(self) -> ReleaseResult | None:
@@ -283,6 +303,13 @@ class Follower:
             self.unfreeze_hinted = True
             hint = script_command("run_workflow.py", "unfreeze", self.key, "--by", "NAME")
             print(f"  it waits for the freeze to end; override it for this release with: {hint}", flush=True)
+        held = [d.container_id for d in state.deploys if d.cells and any(c.status == "held" for c in d.cells.values())]
+        if held and held != self.held_hinted:
+            self.held_hinted = held
+            more = ["--deploy", held[0]] if len(held) > 1 else []
+            retry = script_command("run_workflow.py", "retry", self.key, "--by", "NAME", *more)
+            rollback = script_command("run_workflow.py", "rollback", self.key, "--by", "NAME", *more)
+            print(f"  held for a person: {retry}  (after a fix), or {rollback}", flush=True)
         if state.status == AWAITING_APPROVAL and not self.hinted:
             self.hinted = True
             hint = script_command("run_workflow.py", "approve", self.key, "--by", "NAME")
@@ -553,6 +580,12 @@ async def status(client: Client, settings: Settings, target: dict, key: str) -> 
                 if state.status == FROZEN:
                     hint = script_command("run_workflow.py", "unfreeze", key, "--by", "NAME")
                     print(f"  override the freeze for this release with: {hint}")
+                for d in state.deploys:
+                    if any(c.status == "held" for c in d.cells.values()):
+                        pick = ["--deploy", d.container_id]
+                        retry = script_command("run_workflow.py", "retry", key, "--by", "NAME", *pick)
+                        back = script_command("run_workflow.py", "rollback", key, "--by", "NAME", *pick)
+                        print(f"  {d.artifact} is held: {retry}  (after a fix), or {back}")
         found = await troubles(client, run, state) if running else []
         for trouble in found:
             if not trouble.release_task:
@@ -595,6 +628,14 @@ async def unfreeze(client: Client, settings: Settings, key: str, approver: str) 
     return 0
 
 
+async def decide(client: Client, settings: Settings, key: str, action: str, approver: str, deploy: str | None) -> int:
+    handle = await running_release(client, settings, key, action)
+    update = ReleaseWorkflow.retry if action == "retry" else ReleaseWorkflow.rollback
+    reply = await send_update(handle, update, Decision(approver=approver, deploy=deploy), key, action)
+    print(f"{action.capitalize()} of {reply.deploy} asked by {approver} (release {key}: {reply.status})")
+    return 0
+
+
 async def cancel(client: Client, settings: Settings, key: str) -> int:
     handle = await running_release(client, settings, key, "cancel")
     await handle.cancel()
@@ -631,10 +672,16 @@ async def main(argv: list[str]) -> int:
     try:
         load_env_file()
         settings = Settings.from_env()
+        # These read the workspace only: no Temporal settings, catalog or server needed.
+        if args.command == "inventory":
+            return print_inventory(settings.workspace, args.json)
+        if args.command == "history":
+            return print_history(settings.workspace, args.env, args.container)
         target = connect_config()
         key = check_release_key(getattr(args, "release_key", DEFAULT_RELEASE_KEY))
-        if args.command in ("approve", "unfreeze"):
-            args.approver = check_approver(args.approver, "unfreezes" if args.command == "unfreeze" else "approves")
+        if args.command in ("approve", "unfreeze", "retry", "rollback"):
+            does = {"approve": "approves", "unfreeze": "unfreezes"}.get(args.command, f"asks to {args.command}")
+            args.approver = check_approver(args.approver, does)
         rm = ReleaseManagement(settings.workspace, settings.catalog)
         try:
             known: list[str] | None = rm.release_keys()
@@ -676,6 +723,8 @@ async def main(argv: list[str]) -> int:
             return await approve(client, settings, key, args.approver, args.deploy)
         if args.command == "unfreeze":
             return await unfreeze(client, settings, key, args.approver)
+        if args.command in ("retry", "rollback"):
+            return await decide(client, settings, key, args.command, args.approver, args.deploy)
         if args.command == "cancel":
             return await cancel(client, settings, key)
         return await list_releases(client, known or [])

@@ -39,6 +39,8 @@ MAX_DEPLOYS = 50
 EVENTS_KEPT = 200
 EVENT_CHARS = 300
 
+# After its checks pass, a deploy is verified in the environment by this health check.
+HEALTH = "health"
 # Quality gates: the check suites each environment runs when a deploy is tested there.
 DEFAULT_CHECKS: dict[str, list[str]] = {
     "DEV": ["unit"],
@@ -155,6 +157,30 @@ class DeployInfo(BaseModel):
                 f"consecutive in the order {' → '.join(ENVIRONMENTS)} (PROD needs QC before it)"
             )
         return self
+
+
+class OnFailure(BaseModel):
+    """What a release does when a deploy fails a quality gate or its health check in an environment.
+
+    rollback: that environment gets back what it held before the release; hold: the deploy waits for a
+    person (run_workflow.py retry or rollback); stop: it stays as it is. all: every deploy of the release
+    in that environment is rolled back (or stopped, or held) too, and the release goes no further;
+    without it the release's other deploys go on. A plain string in the catalog is the action alone.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    action: Literal["rollback", "hold", "stop"] = "stop"
+    all: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: object) -> object:
+        return {"action": value} if isinstance(value, str) else value
+
+
+# Releases whose catalog says nothing: the whole release stops at the first gate failure, as before rollbacks.
+STOP_ALL = OnFailure(action="stop", all=True)
 
 
 class ApprovalPolicy(BaseModel):
@@ -281,6 +307,7 @@ class ReleaseInfo(BaseModel):
     deploys: list[DeployInfo] = Field(default_factory=list, max_length=MAX_DEPLOYS)
     # Freeze windows per environment, from the catalog: no promotion into an environment while frozen.
     freezes: dict[Environment, list[FreezeWindow]] = Field(default_factory=dict)
+    on_failure: OnFailure = Field(default_factory=lambda: STOP_ALL.model_copy())
 
     @field_validator("freezes")
     @classmethod
@@ -363,6 +390,9 @@ class StepInput(BaseModel):
     run_id: str
     deploy: DeployInfo
     env: Environment
+    # How many times a person asked to run the failed checks again (the hold policy's retry): a new
+    # try runs them anew, where a retry by Temporal keeps the verdicts its try already has.
+    retry: int = Field(default=0, ge=0, le=100)
 
 
 class DeployRequest(BaseModel):
@@ -385,6 +415,32 @@ class DeployResult(BaseModel):
     deploy_key: str
     artifact: str
     environments: list[Environment]
+    # A deploy stopped by a gate or health failure (its on_failure policy settled it): what failed,
+    # and what its environment holds now ("rolled back QC to sbstore-1.7").
+    failed: str | None = None
+    settled: str | None = None
+
+
+class RollbackRequest(BaseModel):
+    """A rollback step: step.env gets back what it held before step.run_id; by: who asked, if a person."""
+
+    step: StepInput
+    by: str | None = None
+
+
+class Decision(BaseModel):
+    """A person's answer to a held deploy (Update or Signal retry / rollback): deploy is a container id,
+    needed only when several deploys are held. Checked by the workflow, like Approval."""
+
+    approver: str = ""
+    deploy: str | None = None
+
+
+class DecisionReply(BaseModel):
+    release_key: str
+    status: str
+    deploy: str
+    decision: str
 
 
 class ReleaseResult(BaseModel):
@@ -399,8 +455,10 @@ SCHEDULED, AWAITING_APPROVAL, RUNNING = "SCHEDULED", "AWAITING_APPROVAL", "RUNNI
 SUCCESS, FAILED, CANCELLED = "SUCCESS", "FAILED", "CANCELLED"
 # A deploy waits for a freeze window to end (a durable timer), or for an unfreeze.
 FROZEN = "FROZEN"
+# A deploy that failed a gate or its health check waits for a person (on_failure hold): retry or rollback.
+HELD = "HELD"
 
-CellStatus = Literal["pending", "waiting", "running", "done", "failed", "skipped", "cancelled"]
+CellStatus = Literal["pending", "waiting", "running", "done", "failed", "skipped", "cancelled", "held", "rolled back"]
 
 
 class Cell(BaseModel):
@@ -614,7 +672,15 @@ def describe_validation_error(err: ValueError) -> str:
 
 
 # How a cell reads in the Web UI's details; a cell in flight shows its step ("deploy").
-_MARK = {"pending": "pending", "done": "✓", "failed": "✗ failed", "skipped": "skipped", "cancelled": "cancelled"}
+_MARK = {
+    "pending": "pending",
+    "done": "✓",
+    "failed": "✗ failed",
+    "skipped": "skipped",
+    "cancelled": "cancelled",
+    "held": "✗ held",
+    "rolled back": "✗ rolled back",
+}
 
 
 def render_details(state: ReleaseState) -> str:

@@ -28,13 +28,17 @@ with workflow.unsafe.imports_passed_through():
         EVENTS_KEPT,
         FAILED,
         FROZEN,
+        HELD,
         RUNNING,
         SCHEDULED,
+        STOP_ALL,
         SUCCESS,
         Approval,
         ApprovalRecord,
         ApprovalReply,
         Cell,
+        Decision,
+        DecisionReply,
         DeployInfo,
         DeployRequest,
         DeployResult,
@@ -42,6 +46,7 @@ with workflow.unsafe.imports_passed_through():
         ReleaseInfo,
         ReleaseResult,
         ReleaseState,
+        RollbackRequest,
         StepInput,
         StepProgress,
         StepResult,
@@ -77,6 +82,13 @@ class ReleaseWorkflow:
         self.moving = False
         # The environment each deploy waits to enter while it is frozen, by deploy key.
         self.frozen: dict[str, str] = {}
+        # Deploys held after a gate or health failure (on_failure hold): their environment, and the
+        # decisions people sent for them ("retry" or "rollback", who), by deploy key.
+        self.held: dict[str, str] = {}
+        self.decisions: dict[str, tuple[str, str]] = {}
+        # Set when a failure settled with on_failure all stops the release: (its result, environment, action).
+        self.stop_all: tuple[DeployResult, str, str] | None = None
+        self.failure_type: str | None = None
 
     @workflow.run
     async def run(self, release: ReleaseInfo) -> ReleaseResult:
@@ -262,8 +274,56 @@ class ReleaseWorkflow:
         keeps its own state as it goes, its Web UI page shows every step, and `status` is one query.
         """
         tasks = [asyncio.ensure_future(self._deploy(d)) for d in deploys]
-        await self._stop_others_on_failure(tasks)  # type: ignore[arg-type]
-        return [t.result() for t in tasks]
+        try:
+            await self._stop_others_on_failure(tasks)  # type: ignore[arg-type]
+        except ApplicationError:
+            if self.stop_all is None:
+                raise
+        if self.stop_all is not None:
+            # Outside the except: the release's error must not carry the stop's error as its cause.
+            await self._settle_all(deploys)
+        results = [t.result() for t in tasks]
+        failed = [r for r in results if r.failed]
+        if failed:
+            raise ApplicationError(self._outcome(results), type=self.failure_type, non_retryable=True)
+        return results
+
+    async def _settle_all(self, deploys: list[DeployInfo]) -> None:
+        """on_failure with all: the other deploys stopped; those this run deployed into the environment are
+        rolled back too when the failed one was. Raises the release's error."""
+        assert self.stop_all is not None
+        result, env, action = self.stop_all
+        settled = [result.settled or ""]
+        if action == "rollback":
+            run_id = workflow.info().run_id
+            for d in deploys:
+                state = next(x for x in self.state.deploys if x.deploy_key == d.deploy_key)
+                cell = state.cells.get(env)
+                if d.deploy_key == result.deploy_key or cell is None or not cell.deployed:
+                    continue
+                step = StepInput(release_key=self.state.release_key, run_id=run_id, deploy=d, env=env)
+                try:
+                    await self._wait_for_locks(d, step, await self._move_locks(d, acquire=[env]))
+                    settled.append(await self._rollback(d, step, None))
+                finally:
+                    await self._move_locks(d, release=[env])
+        raise ApplicationError(
+            f"{result.failed}; {'; '.join(settled)}; the other deploys stopped; deployed: {self._deployed()}",
+            type=self.failure_type,
+            non_retryable=True,
+        )
+
+    def _outcome(self, results: list[DeployResult]) -> str:
+        """The release's result when deploys failed and were settled: what failed, and what is where."""
+        parts = [f"{r.failed}; {r.settled}" for r in results if r.failed]
+        reached: dict[str, list[str]] = {}
+        for r in results:
+            if not r.failed:
+                reached.setdefault(r.environments[-1], []).append(r.artifact)
+        for env, artifacts in reached.items():
+            names = ", ".join(artifacts[:-1]) + " and " + artifacts[-1] if len(artifacts) > 1 else artifacts[0]
+            parts.append(f"{names} reached {env}")
+        return "; ".join(parts)
 
     async def _deploy(self, d: DeployInfo) -> DeployResult:
         """Promote one container through its environments, each under its target lock.
@@ -294,9 +354,11 @@ class ReleaseWorkflow:
                 # now, beside this one's test, so a free lock costs the critical path nothing.
                 moved = asyncio.ensure_future(self._move_locks(d, release=[source], acquire=ahead))
                 try:
-                    await self._step("test", step, done=True)
+                    settled = await self._test(d, step)
                 finally:
                     answers = await moved  # what it asked for is known before anything is given back
+                if settled is not None:
+                    return settled  # a gate or health failure, settled by the on_failure policy
                 if following:
                     if not ahead:
                         # Still holding this environment, which the next one copies from.
@@ -406,6 +468,154 @@ class ReleaseWorkflow:
                     holder = again.holder
             if told:
                 self._note(step, "running", "lock")
+
+    # --- gate and health failures: the release's on_failure policy ---
+
+    async def _test(self, d: DeployInfo, step: StepInput) -> DeployResult | None:
+        """Test d in step.env: None if it passed; if it failed a gate or its health check, how the release's
+        on_failure policy settled it (the deploy goes no further). Any other failure raises.
+
+        Releases recorded before policies let such a failure stop the release, as it still does with
+        on_failure stop and all (the default of a catalog that names no policy).
+        """
+        while True:
+            try:
+                await self._step("test", step, done=True)
+                return None
+            except ActivityError as err:
+                cause = root_cause(err)
+                if (
+                    is_cancelled_exception(err)
+                    or getattr(cause, "type", None) not in SETTLED_BY_POLICY
+                    or not workflow.patched("on-failure-policies")
+                ):
+                    raise
+                failure = _message(cause)
+            policy, by = self.release.on_failure, None
+            if policy == STOP_ALL:
+                raise  # the release stops at this failure, as it did before policies
+            self.failure_type = self.failure_type or getattr(cause, "type", None) or "DeployFailed"
+            action: str = policy.action
+            if action == "hold":
+                decision, by = await self._hold(d, step, failure)
+                if decision == "retry":
+                    # A new try of the checks, for a fix made outside; Temporal's retries keep their verdicts.
+                    step = step.model_copy(update={"retry": step.retry + 1})
+                    continue
+                action = "rollback"
+            result = DeployResult(
+                deploy_key=d.deploy_key,
+                artifact=f"{d.container_id}-{d.version}",
+                environments=d.environments,
+                failed=failure,
+                settled=await self._rollback(d, step, by) if action == "rollback" else f"left {step.env} as it is",
+            )
+            if policy.all:
+                # The release goes no further: _run_deploys stops the others and settles them in step.env too.
+                self.stop_all = (result, step.env, action)
+                raise ApplicationError(failure, type=getattr(cause, "type", None), non_retryable=True)
+            return result
+
+    async def _rollback(self, d: DeployInfo, step: StepInput, by: str | None) -> str:
+        """Roll back d in step.env (under the lock the caller holds); what the environment holds now."""
+        request = RollbackRequest(step=step.model_copy(update={"retry": 0}), by=by)
+        self._note(step, "running", "rollback")
+        handle = workflow.start_activity_method(
+            ReleaseActivities.rollback,
+            request,
+            activity_id=step_summary("rollback", step),
+            start_to_close_timeout=timedelta(minutes=30),
+            heartbeat_timeout=timedelta(seconds=5),
+            # Like a step: faults a person can fix are retried; the rollback must happen.
+            retry_policy=RetryPolicy(
+                initial_interval=timedelta(seconds=1),
+                maximum_interval=timedelta(seconds=5),
+                non_retryable_error_types=NON_RETRYABLE_ERRORS,
+            ),
+            summary=step_summary("rollback", step),
+        )
+        result, _ = await _whole(handle)
+        restored = result.artifact or "nothing"
+        cell = next(x for x in self.state.deploys if x.deploy_key == d.deploy_key).cells[step.env]
+        cell.status, cell.step, cell.deployed = "rolled back", "rollback", False
+        self._event(f"rolled back {step.env} to {restored}" + (f" (asked by {by})" if by else ""))
+        return f"rolled back {step.env} to {restored}"
+
+    async def _hold(self, d: DeployInfo, step: StepInput, failure: str) -> tuple[str, str]:
+        """Wait for a person's decision on d: ("retry" or "rollback", who)."""
+        deploy = next(x for x in self.state.deploys if x.deploy_key == d.deploy_key)
+        self.held[d.deploy_key] = step.env
+        deploy.cells[step.env].status = "held"
+        deploy.waiting_for = f"a person: retry or rollback ({failure})"
+        self._event(f"{deploy.artifact} is held in {step.env}: retry or rollback")
+        self._set_status(HELD)
+        try:
+            await workflow.wait_condition(lambda: d.deploy_key in self.decisions)
+        finally:
+            del self.held[d.deploy_key]
+            deploy.waiting_for = None
+            if not self.held and self.state.status == HELD:
+                self._set_status(FROZEN if self.frozen else RUNNING)
+        return self.decisions.pop(d.deploy_key)
+
+    def _held_deploy(self, decision: Decision, what: str) -> DeployState:
+        """The held deploy a decision is about; ValueError says why there is none."""
+        key = self.state.release_key
+        check_approver(decision.approver, f"asks to {what}")
+        if self.state.status in (SUCCESS, FAILED, CANCELLED):
+            raise ValueError(f"release {key} has finished ({self.state.status}): nothing is held")
+        held = [d for d in self.state.deploys if d.deploy_key in self.held and d.deploy_key not in self.decisions]
+        if not held:
+            raise ValueError(f"release {key} holds no deploy ({self.state.status}): nothing to {what}")
+        if decision.deploy is None:
+            if len(held) > 1:
+                names = ", ".join(d.container_id for d in held)
+                raise ValueError(f"release {key} holds several deploys ({names}): say which with --deploy")
+            return held[0]
+        found = next((d for d in held if decision.deploy in (d.container_id, d.deploy_key)), None)
+        if found is None:
+            names = ", ".join(d.container_id for d in held)
+            raise ValueError(f"release {key} does not hold {clip(decision.deploy)!r}; held: {names}")
+        return found
+
+    def _decide(self, decision: Decision, action: str) -> DecisionReply:
+        deploy = self._held_deploy(decision, action)
+        approver = check_approver(decision.approver)
+        self.decisions[deploy.deploy_key] = (action, approver)
+        self._event(f"{action} of {deploy.artifact} asked by {approver}")
+        return DecisionReply(
+            release_key=self.state.release_key, status=self.state.status, deploy=deploy.artifact, decision=action
+        )
+
+    @workflow.update
+    def retry(self, decision: Decision) -> DecisionReply:
+        return self._decide(decision, "retry")
+
+    @retry.validator
+    def validate_retry(self, decision: Decision) -> None:
+        self._held_deploy(decision, "retry")
+
+    @workflow.signal(name="retry")
+    def retry_signal(self, decision: Decision) -> None:
+        try:
+            self._decide(decision, "retry")
+        except ValueError as err:
+            self._event(f"ignored a retry signal: {err}")
+
+    @workflow.update
+    def rollback(self, decision: Decision) -> DecisionReply:
+        return self._decide(decision, "rollback")
+
+    @rollback.validator
+    def validate_rollback(self, decision: Decision) -> None:
+        self._held_deploy(decision, "rollback")
+
+    @workflow.signal(name="rollback")
+    def rollback_signal(self, decision: Decision) -> None:
+        try:
+            self._decide(decision, "rollback")
+        except ValueError as err:
+            self._event(f"ignored a rollback signal: {err}")
 
     def _freeze(self, env: str) -> tuple[datetime, Any] | None:
         """When the freeze of env in force now ends, and its window; None if env is not frozen (or was unfrozen)."""
@@ -778,6 +988,9 @@ def _start_step(verb: str, step: StepInput, activity_id: str | None = None) -> w
 def _skipped(deploy: DeployState) -> bool:
     return all(c.status == "skipped" for c in deploy.cells.values())
 
+
+# Failures a release's on_failure policy settles; any other failure stops the release.
+SETTLED_BY_POLICY = ("GateFailed", "VerificationFailed")
 
 # Lock order: the artifactory (ARTIFACTORY), then the environments in promotion order. Every
 # deploy takes locks in this order, so two deploys never wait for each other in a circle.

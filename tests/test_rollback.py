@@ -1,0 +1,188 @@
+"""The on_failure policies for a gate or health failure, on the time-skipping server: rollback, hold, stop, all."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.testing import WorkflowEnvironment
+
+from release_management import ReleaseManagement
+from shared import HELD, Decision, ReleaseInfo, ReleaseState, root_cause
+from tests.conftest import CATALOG
+from tests.support import in_process_worker
+from tests.test_approvals import cause_of, until_status
+from workflows import ReleaseWorkflow
+
+INITIAL, HOTFIX = "RELEASE-NOV-23-INITIAL", "RELEASE-NOV-23-HOTFIX-STAGE"
+
+
+def workspace(tmp_path: Path, on_failure: Any, failing: set[tuple[str, str, str]]) -> ReleaseManagement:
+    catalog = json.loads(CATALOG.read_text())
+    catalog["default_on_failure"] = on_failure
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps(catalog))
+    return ReleaseManagement(tmp_path / "ws", path, failing_checks=frozenset(failing))
+
+
+async def release(env: WorkflowEnvironment, tq: str, key: str) -> WorkflowHandle:
+    return await env.client.start_workflow(
+        ReleaseWorkflow.run, ReleaseInfo(release_key=key, now=True), id=f"release-{key}-{uuid.uuid4()}", task_queue=tq
+    )
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    """Every file an environment holds (artifacts and config), the rollback's keepsakes left out."""
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and ".rollback" not in p.parts
+    }
+
+
+async def failure_of(handle: WorkflowHandle) -> str:
+    with pytest.raises(WorkflowFailureError) as err:
+        await handle.result()
+    return str(getattr(root_cause(err.value), "message", ""))
+
+
+def rollback_lines(rm: ReleaseManagement) -> list[dict[str, Any]]:
+    return [e for e in rm.ledger.entries() if e.get("step") == "rollback"]
+
+
+async def test_rollback_gives_qc_back_byte_for_byte_and_the_others_go_on(
+    tmp_path: Path, ts_env: WorkflowEnvironment
+) -> None:
+    rm = workspace(tmp_path, "rollback", {("sbstore-1.7", "QC", "security")})
+    async with in_process_worker(ts_env, rm) as tq:
+        await (await release(ts_env, tq, INITIAL)).result()
+        qc_before = files(rm.env_dir("QC"))
+        handle = await release(ts_env, tq, HOTFIX)
+        message = await failure_of(handle)
+        state: ReleaseState = await handle.query(ReleaseWorkflow.progress)
+    assert message == (
+        "sbstore-1.7 failed security in QC: FAILING_CHECKS names sbstore-1.7:QC:security; "
+        "rolled back QC to sbstore-1.0; frontend-1.1 and backendforfrontend-1.7 reached QC"
+    )
+    after = files(rm.env_dir("QC"))
+    # sbstore's artifact and config exactly as before; the others at their new versions.
+    for name in ("sbstore-1.0", "config/sbstore.json"):
+        assert after[name] == qc_before[name]
+    assert sorted(n for n in after if not n.startswith("config/")) == [
+        "backendforfrontend-1.7",
+        "frontend-1.1",
+        "sbstore-1.0",
+    ]
+    [line] = rollback_lines(rm)
+    assert (line["env"], line["container"], line["version"], line["applied"]) == ("QC", "sbstore", "1.7", True)
+    assert (line["restored"]["version"], line["restored"]["release_key"]) == ("1.0", INITIAL)
+    sbstore = next(d for d in state.deploys if d.container_id == "sbstore")
+    assert sbstore.cells["QC"].status == "rolled back"
+    assert all(d.cells["QC"].status == "done" for d in state.deploys if d.container_id != "sbstore")
+
+
+async def test_rollback_of_an_environment_that_held_nothing_leaves_nothing(
+    tmp_path: Path, ts_env: WorkflowEnvironment
+) -> None:
+    rm = workspace(tmp_path, "rollback", {("sbstore-1.0", "DEV", "health")})
+    async with in_process_worker(ts_env, rm) as tq:
+        message = await failure_of(await release(ts_env, tq, INITIAL))
+    assert message.startswith("sbstore-1.0 failed health in DEV: FAILING_CHECKS names sbstore-1.0:DEV:health; ")
+    assert "rolled back DEV to nothing" in message
+    assert not [n for n in files(rm.env_dir("DEV")) if "sbstore" in n]
+    assert rm.contents("PROD") == ["backendforfrontend-1.0", "frontend-1.0"]
+    [line] = rollback_lines(rm)
+    assert line["restored"] is None
+
+
+async def test_stop_leaves_it_and_the_others_go_on(tmp_path: Path, ts_env: WorkflowEnvironment) -> None:
+    rm = workspace(tmp_path, "stop", {("sbstore-1.0", "TEST", "integration")})
+    async with in_process_worker(ts_env, rm) as tq:
+        message = await failure_of(await release(ts_env, tq, INITIAL))
+    assert message == (
+        "sbstore-1.0 failed integration in TEST: FAILING_CHECKS names sbstore-1.0:TEST:integration; "
+        "left TEST as it is; frontend-1.0 and backendforfrontend-1.0 reached PROD"
+    )
+    assert "sbstore-1.0" in rm.contents("TEST") and "sbstore-1.0" not in rm.contents("QC")
+    assert rollback_lines(rm) == []
+
+
+async def test_rollback_all_rolls_back_every_deploy_in_that_environment(
+    tmp_path: Path, ts_env: WorkflowEnvironment
+) -> None:
+    rm = workspace(tmp_path, {"action": "rollback", "all": True}, {("sbstore-1.7", "QC", "security")})
+    async with in_process_worker(ts_env, rm) as tq:
+        await (await release(ts_env, tq, INITIAL)).result()
+        qc_before = files(rm.env_dir("QC"))
+        message = await failure_of(await release(ts_env, tq, HOTFIX))
+    assert message.startswith("sbstore-1.7 failed security in QC: FAILING_CHECKS names sbstore-1.7:QC:security; ")
+    assert "rolled back QC to sbstore-1.0" in message
+    # Every deploy of the release that reached QC is rolled back there; whoever had not, never got there.
+    assert files(rm.env_dir("QC")) == qc_before
+    assert {line["container"] for line in rollback_lines(rm)} <= {"sbstore", "frontend", "backendforfrontend"}
+    assert "sbstore" in {line["container"] for line in rollback_lines(rm)}
+
+
+async def held(handle: WorkflowHandle) -> ReleaseState:
+    return await until_status(handle, HELD)
+
+
+async def test_hold_waits_for_a_person_who_rolls_back(tmp_path: Path, ts_env: WorkflowEnvironment) -> None:
+    rm = workspace(tmp_path, "hold", {("sbstore-1.7", "QC", "security")})
+    async with in_process_worker(ts_env, rm) as tq:
+        await (await release(ts_env, tq, INITIAL)).result()
+        qc_before = files(rm.env_dir("QC"))
+        handle = await release(ts_env, tq, HOTFIX)
+        state = await held(handle)
+        sbstore = next(d for d in state.deploys if d.container_id == "sbstore")
+        assert sbstore.cells["QC"].status == "held"
+        assert sbstore.waiting_for is not None and sbstore.waiting_for.startswith("a person: retry or rollback")
+        for bad, words in [
+            (Decision(approver=""), "the approver is empty: say who asks to rollback"),
+            (Decision(approver="ana", deploy="frontend"), f"release {HOTFIX} does not hold 'frontend'; held: sbstore"),
+        ]:
+            with pytest.raises(WorkflowUpdateFailedError) as err:
+                await handle.execute_update(ReleaseWorkflow.rollback, bad)
+            assert cause_of(err.value) == words
+        reply = await handle.execute_update(ReleaseWorkflow.rollback, Decision(approver="ana"))
+        assert (reply.deploy, reply.decision) == ("sbstore-1.7", "rollback")
+        message = await failure_of(handle)
+    assert "rolled back QC to sbstore-1.0" in message
+    assert files(rm.env_dir("QC"))["sbstore-1.0"] == qc_before["sbstore-1.0"]
+    [line] = rollback_lines(rm)
+    assert line["by"] == "ana"
+
+
+async def test_hold_then_retry_after_a_fix_outside_goes_on(tmp_path: Path, ts_env: WorkflowEnvironment) -> None:
+    rm = workspace(tmp_path, "hold", {("sbstore-1.0", "QC", "security")})
+    async with in_process_worker(ts_env, rm) as tq:
+        handle = await release(ts_env, tq, INITIAL)
+        await held(handle)
+        rm.failing_checks = frozenset()  # the fix, made outside
+        await handle.signal("retry", Decision(approver="bob"))
+        result = await handle.result()
+    assert result.status == "SUCCESS"
+    assert rm.contents("PROD") == ["backendforfrontend-1.0", "frontend-1.0", "sbstore-1.0"]
+    sbstore = next(d for d in rm.gather_deployments(INITIAL).deploys if d.container_id == "sbstore")
+    report = json.loads(rm.report_path(sbstore, "QC", "security").read_text())
+    assert (report["passed"], report["retry"]) == (True, 1)
+    tests = [e for e in rm.ledger.entries() if e["step"] == "test" and e["env"] == "QC" and e["container"] == "sbstore"]
+    assert [(e["passed"], e.get("retry", 0)) for e in tests] == [(False, 0), (True, 1)]
+
+
+async def test_retry_and_rollback_are_refused_when_nothing_is_held(tmp_path: Path, ts_env: WorkflowEnvironment) -> None:
+    rm = workspace(tmp_path, "hold", set())
+    rm.step_seconds = 0.2
+    async with in_process_worker(ts_env, rm) as tq:
+        handle = await release(ts_env, tq, INITIAL)
+        await until_status(handle, "RUNNING")
+        for update in (ReleaseWorkflow.retry, ReleaseWorkflow.rollback):
+            with pytest.raises(WorkflowUpdateFailedError) as err:
+                await handle.execute_update(update, Decision(approver="ana"))
+            assert cause_of(err.value).startswith(f"release {INITIAL} holds no deploy (RUNNING): nothing to ")
+        await asyncio.wait_for(handle.result(), 60)
