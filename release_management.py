@@ -834,7 +834,7 @@ class ReleaseManagement:
         step = _checked(step, "deploy")
         d, env = step.deploy, step.env
         name = _artifact(d)
-        source, missing = self._promotable(d, env)
+        source, missing = self._promotable(d, env, step.redeploy)
         self._work(progress)
         target_dir = self.env_dir(env)
         target_dir.mkdir(parents=True, exist_ok=True)
@@ -1002,6 +1002,61 @@ class ReleaseManagement:
                 holder = restored if isinstance(restored, dict) else None
         return holder
 
+    def rollback_env(self, env: str, container: str, by: str, to: str | None = None) -> ReleaseInfo:
+        """The release that re-promotes into env the version of container that passed its tests there before
+        the one it holds (or version `to`, which must have): from the artifactory, with the env's gates.
+
+        ReleaseError says why not, in one line. Reads the whole ledger: a rollback is rare.
+        """
+        catalog = self.catalog()
+        if container not in catalog.containers:
+            raise CatalogError(f"the catalog has no container {clip(container)!r}: {', '.join(catalog.containers)}")
+        _known_environment(env)
+        held: str | None = None
+        verdicts: dict[str, bool] = {}
+        for e in self.ledger.entries():
+            if e.get("env") != env or e.get("container") != container or not _claims(e):
+                continue
+            if e.get("step") == "deploy":
+                held = str(e.get("version"))
+            elif e.get("step") == "rollback":
+                restored = e.get("restored")
+                held = str(restored.get("version")) if isinstance(restored, dict) else None
+            elif e.get("step") == "test":
+                version = str(e.get("version"))
+                verdicts.pop(version, None)  # keeps them in the order of their latest verdict
+                verdicts[version] = e.get("passed", True) is True
+        passed = [v for v, ok in verdicts.items() if ok and v != held]
+        if to is not None:
+            if not verdicts.get(to):
+                raise NotVerified(
+                    f"cannot roll back {env} {container} to {clip(to)}: it never passed its tests in {env}"
+                )
+            version = to
+        elif not passed:
+            now = f"it holds {container}-{held}" if held else f"it holds no {container}"
+            raise NotVerified(f"cannot roll back {env} {container}: no other version passed its tests there ({now})")
+        else:
+            version = passed[-1]
+        key = f"ROLLBACK-{env}-{container}"
+        deploy = DeployInfo(
+            deploy_key=f"{key}:{container}",
+            container_id=container,
+            version=version,
+            git_url=catalog.containers[container],
+            environments=[env],  # type: ignore[list-item]
+            checks={env: catalog.checks(env)},  # type: ignore[dict-item]
+            config={env: catalog.settings(env).config},  # type: ignore[dict-item]
+        )
+        return ReleaseInfo(
+            release_key=key,
+            now=True,
+            deploys=[deploy],
+            redeploy=True,
+            requested_by=by,
+            on_failure=catalog.default_on_failure,
+        )
+
     def _check(self, d: DeployInfo, env: str, check: str) -> tuple[bool, list[str]]:
         """A simulated check suite: it fails where FAILING_CHECKS says, with one finding."""
         if (_artifact(d), env, check) in self.failing_checks:
@@ -1016,22 +1071,24 @@ class ReleaseManagement:
         """
         refusals: list[ReleaseError] = []
         for d in release.deploys:
-            if d.environments[0] != ENVIRONMENTS[0]:
+            if d.environments[0] != ENVIRONMENTS[0] or release.redeploy:
                 try:
-                    self._promotable(d, d.environments[0])
+                    self._promotable(d, d.environments[0], release.redeploy)
                 except ReleaseError as e:
                     refusals.append(e)
         if refusals:
             raise type(refusals[0])(clip("; ".join(str(e) for e in refusals), QUOTE_MAX * 3))
 
-    def _promotable(self, d: DeployInfo, env: str) -> tuple[Path, MissingArtifact]:
+    def _promotable(self, d: DeployInfo, env: str, redeploy: bool = False) -> tuple[Path, MissingArtifact]:
         """The source file of d's promotion into env, and the error to raise if it goes missing.
 
         NotVerified unless the ledger shows d's version passing its tests in the environment before
         (DEV: built into the artifactory): a file there is not enough. MissingArtifact if it is not there.
+        A redeploy (rollback-env) takes the artifactory's copy of a version that passed in env itself.
         """
-        source_dir, source_label = self._source(env)
+        source_dir, source_label = (self.artifactory, "the artifactory") if redeploy else self._source(env)
         upstream = ENVIRONMENTS[ENVIRONMENTS.index(env) - 1] if env != ENVIRONMENTS[0] else ARTIFACTORY
+        upstream = env if redeploy else upstream
         if not self.ledger.verified(d.container_id, d.version, upstream):
             why = (
                 "the artifactory never built it"

@@ -6,6 +6,7 @@
     .venv/bin/python run_workflow.py unfreeze KEY --by NAME        # let a FROZEN release promote now
     .venv/bin/python run_workflow.py retry KEY --by NAME [--deploy CONTAINER]     # a HELD deploy: run its checks again
     .venv/bin/python run_workflow.py rollback KEY --by NAME [--deploy CONTAINER]  # a HELD deploy: roll it back
+    .venv/bin/python run_workflow.py rollback-env ENV CONTAINER --by NAME [--to VERSION]  # an earlier version again
     .venv/bin/python run_workflow.py cancel KEY                     # stop between steps; says what was deployed
     .venv/bin/python run_workflow.py list                           # the catalog's releases and their latest runs
     .venv/bin/python run_workflow.py inventory [--json]             # what each environment holds, who put it there
@@ -52,7 +53,7 @@ try:
     from temporalio.service import RPCError, RPCStatusCode
 
     from inventory import print_history, print_inventory
-    from release_management import CatalogError, ReleaseManagement
+    from release_management import CatalogError, ReleaseError, ReleaseManagement
     from shared import (
         AWAITING_APPROVAL,
         DEFAULT_RELEASE_KEY,
@@ -93,7 +94,19 @@ RIDE_THROUGH_SECONDS = 300
 TRANSIENT = (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.UNKNOWN)
 # Queries and updates need a worker to answer; without one they would wait forever.
 WORKER_ANSWER = timedelta(seconds=10)
-COMMANDS = ("start", "status", "approve", "unfreeze", "retry", "rollback", "cancel", "list", "inventory", "history")
+COMMANDS = (
+    "start",
+    "status",
+    "approve",
+    "unfreeze",
+    "retry",
+    "rollback",
+    "rollback-env",
+    "cancel",
+    "list",
+    "inventory",
+    "history",
+)
 # An idle worker renews its long poll about once a minute, and a killed worker stays in the
 # task queue's poller list for minutes: only a poller seen more recently than this counts.
 POLLER_FRESH_SECONDS = 90
@@ -154,6 +167,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         decide.add_argument("release_key")
         decide.add_argument("--by", required=True, dest="approver", help="who decides")
         decide.add_argument("--deploy", help="the held deploy's container, when several are held")
+    back = commands.add_parser(
+        "rollback-env", help="re-promote into ENV the version of CONTAINER that passed its tests there before"
+    )
+    back.add_argument("env", metavar="ENV", help="DEV, TEST, QC or PROD")
+    back.add_argument("container", metavar="CONTAINER")
+    back.add_argument("--by", required=True, dest="approver", help="who asks for it")
+    back.add_argument("--to", dest="version", help="this version, which must have passed its tests in ENV")
     commands.add_parser("cancel", help="cancel a running release").add_argument("release_key")
     commands.add_parser("list", help="the catalog's releases with the status of their latest runs")
     inventory = commands.add_parser("inventory", help="what each environment holds, who put it there, and drift")
@@ -182,7 +202,10 @@ def start_worker_hint(settings: Settings, task_queue: str) -> str:
     return worker_command(None if task_queue == settings.task_queue else task_queue)
 
 
-async def start(client: Client, settings: Settings, target: dict, key: str, now: bool) -> int:
+async def start(
+    client: Client, settings: Settings, target: dict, key: str, now: bool, payload: BaseModel | None = None
+) -> int:
+    """Start release key (or follow its run), and follow it; payload: the whole input (a rollback-env's)."""
     workflow_id = release_workflow_id(key)
     running = await run_status(client, key) == WorkflowExecutionStatus.RUNNING
     attributes = TypedSearchAttributes(
@@ -193,7 +216,7 @@ async def start(client: Client, settings: Settings, target: dict, key: str, now:
             # By type name: the workflow takes a ReleaseInfo, and gets one filled from this.
             handle: WorkflowHandle[Any, ReleaseResult] = await client.start_workflow(
                 RELEASE_WORKFLOW,
-                ReleaseStart(release_key=key, now=now),
+                payload or ReleaseStart(release_key=key, now=now),
                 id=workflow_id,
                 task_queue=settings.task_queue,
                 result_type=ReleaseResult,
@@ -679,7 +702,7 @@ async def main(argv: list[str]) -> int:
             return print_history(settings.workspace, args.env, args.container)
         target = connect_config()
         key = check_release_key(getattr(args, "release_key", DEFAULT_RELEASE_KEY))
-        if args.command in ("approve", "unfreeze", "retry", "rollback"):
+        if args.command in ("approve", "unfreeze", "retry", "rollback", "rollback-env"):
             does = {"approve": "approves", "unfreeze": "unfreezes"}.get(args.command, f"asks to {args.command}")
             args.approver = check_approver(args.approver, does)
         rm = ReleaseManagement(settings.workspace, settings.catalog)
@@ -699,7 +722,11 @@ async def main(argv: list[str]) -> int:
                 rm.gather_deployments(key)  # the release's own entry: what it gathers, it gets
             except CatalogError as e:
                 raise CatalogError(f"cannot start {key}: {e}") from None
-    except (ValueError, CatalogError) as e:
+        payload = None
+        if args.command == "rollback-env":
+            payload = rm.rollback_env(args.env.upper(), args.container, args.approver, args.version)
+            key = payload.release_key
+    except (ValueError, ReleaseError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
@@ -717,6 +744,8 @@ async def main(argv: list[str]) -> int:
     try:
         if args.command == "start":
             return await start(client, settings, target, key, args.now)
+        if payload is not None:
+            return await start(client, settings, target, key, True, payload)
         if args.command == "status":
             return await status(client, settings, target, key)
         if args.command == "approve":

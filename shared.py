@@ -308,6 +308,10 @@ class ReleaseInfo(BaseModel):
     # Freeze windows per environment, from the catalog: no promotion into an environment while frozen.
     freezes: dict[Environment, list[FreezeWindow]] = Field(default_factory=dict)
     on_failure: OnFailure = Field(default_factory=lambda: STOP_ALL.model_copy())
+    # A rollback-env (run_workflow.py rollback-env): each deploy re-promotes from the artifactory a version
+    # that passed its tests in its environment before; requested_by is recorded as its approval.
+    redeploy: bool = False
+    requested_by: str | None = None
 
     @field_validator("freezes")
     @classmethod
@@ -390,6 +394,8 @@ class StepInput(BaseModel):
     run_id: str
     deploy: DeployInfo
     env: Environment
+    # A rollback-env: the version comes from the artifactory, and must have passed its tests in env itself.
+    redeploy: bool = False
     # How many times a person asked to run the failed checks again (the hold policy's retry): a new
     # try runs them anew, where a retry by Temporal keeps the verdicts its try already has.
     retry: int = Field(default=0, ge=0, le=100)

@@ -154,6 +154,21 @@ class ReleaseWorkflow:
             for d in release.deploys
         ]
         self.gathered = True
+        if release.requested_by and workflow.patched("rollback-env"):
+            # A rollback-env: who asked for it is its approval, in the state and the ledger.
+            approver, now = check_approver(release.requested_by), workflow.now()
+            self.state.approved_by, self.state.approved_at = approver, now
+            self._event(f"rollback asked by {approver}")
+            await self._record_approval(
+                ApprovalRecord(
+                    release_key=release.release_key,
+                    run_id=workflow.info().run_id,
+                    approver=approver,
+                    approved_at=now,
+                    deploy_keys=[release.release_key],
+                ),
+                summary=f"record rollback asked by {approver}",
+            )
 
         await self._wait_for_release_date()
         # A regular activity too: it asks the approval system, which can be slow or away.
@@ -174,7 +189,7 @@ class ReleaseWorkflow:
         to_run = [d for d in release.deploys if d.deploy_key not in skipped]
         # Deploys that start after DEV promote what is there: all are checked before any starts, so a
         # refused one does not leave the others half promoted. Releases recorded before did not check.
-        promoting = [d for d in to_run if d.environments[0] != ENVIRONMENTS[0]]
+        promoting = [d for d in to_run if d.environments[0] != ENVIRONMENTS[0] or release.redeploy]
         if promoting and workflow.patched("check-upstream-first"):
             try:
                 await workflow.execute_activity_method(
@@ -333,16 +348,20 @@ class ReleaseWorkflow:
         replaces what is being tested. Locks are taken in promotion order (the artifactory, then
         the environments), so two releases never wait for each other in a circle.
         """
-        run_id = workflow.info().run_id
-        steps = [StepInput(release_key=self.state.release_key, run_id=run_id, deploy=d, env=e) for e in d.environments]
+        run_id, redeploy = workflow.info().run_id, self.release.redeploy
+        steps = [
+            StepInput(release_key=self.state.release_key, run_id=run_id, deploy=d, env=e, redeploy=redeploy)
+            for e in d.environments
+        ]
         first = ENVIRONMENTS.index(d.environments[0])
-        source = ARTIFACTORY if first == 0 else ENVIRONMENTS[first - 1]
+        # A rollback-env takes the version from the artifactory, which keeps every build.
+        source = ARTIFACTORY if first == 0 or redeploy else ENVIRONMENTS[first - 1]
         try:
             # A frozen environment is waited out before its lock is asked for, so that nobody
             # queues behind a release that waits for days.
             await self._wait_out_freeze(steps[0])
             await self._wait_for_locks(d, steps[0], await self._move_locks(d, acquire=[source, d.environments[0]]))
-            if d.environments[0] == ENVIRONMENTS[0]:
+            if d.environments[0] == ENVIRONMENTS[0] and not redeploy:
                 await self._step("build", steps[0])
             for i, step in enumerate(steps):
                 # Frozen while this deploy waited for its locks: it waits again, holding them.
