@@ -941,6 +941,8 @@ class ReleaseManagement:
         applied = False
         for name in old:
             applied = _write_if_changed(target_dir / name, (kept / name).read_bytes()) or applied
+        if self.midway is not None:
+            self.midway("rollback", step, attempt)
         config = self.config_path(env, d.container_id)
         if (kept / KEPT_CONFIG).is_file():
             applied = _write_if_changed(config, (kept / KEPT_CONFIG).read_bytes()) or applied

@@ -12,8 +12,8 @@ import pytest
 from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 
-from release_management import ReleaseManagement
-from shared import HELD, Decision, ReleaseInfo, ReleaseState, root_cause
+from release_management import ReleaseError, ReleaseManagement
+from shared import HELD, Decision, ReleaseInfo, ReleaseState, StepInput, root_cause
 from tests.conftest import CATALOG
 from tests.support import in_process_worker
 from tests.test_approvals import cause_of, until_status
@@ -186,3 +186,102 @@ async def test_retry_and_rollback_are_refused_when_nothing_is_held(tmp_path: Pat
                 await handle.execute_update(update, Decision(approver="ana"))
             assert cause_of(err.value).startswith(f"release {INITIAL} holds no deploy (RUNNING): nothing to ")
         await asyncio.wait_for(handle.result(), 60)
+
+
+# --- rollback-env, and a crash in the middle of a rollback ---------------------------------------------
+
+
+def promoted(rm: ReleaseManagement, *keys: str) -> None:
+    """Run releases' steps in order without Temporal, as the worker would."""
+    for key in keys:
+        for d in rm.gather_deployments(key).deploys:
+            for env in d.environments:
+                step = StepInput(release_key=key, run_id=f"run-{key}", deploy=d, env=env)
+                if env == "DEV":
+                    rm.build(step)
+                rm.deploy(step)
+                rm.test(step)
+
+
+def test_rollback_env_picks_the_version_that_passed_before_the_one_held(tmp_path: Path) -> None:
+    rm = ReleaseManagement(tmp_path, CATALOG)
+    promoted(rm, INITIAL, HOTFIX)
+    info = rm.rollback_env("QC", "frontend", "ana")
+    [d] = info.deploys
+    assert (info.release_key, d.version, d.environments, info.redeploy, info.requested_by) == (
+        "ROLLBACK-QC-frontend",
+        "1.0",
+        ["QC"],
+        True,
+        "ana",
+    )
+    assert rm.rollback_env("QC", "frontend", "ana", to="1.1").deploys[0].version == "1.1"
+    for args, words in [
+        (("QC", "frontend", "ana", "1.8"), "cannot roll back QC frontend to 1.8: it never passed its tests in QC"),
+        (
+            ("PROD", "frontend", "ana"),
+            "cannot roll back PROD frontend: no other version passed its tests there (it holds frontend-1.0)",
+        ),
+        (("QC", "nope", "ana"), "the catalog has no container 'nope': frontend, sbstore, backendforfrontend"),
+        (("STAGE", "frontend", "ana"), "unknown environment 'STAGE'; the environments are DEV, TEST, QC, PROD"),
+    ]:
+        with pytest.raises((ReleaseError, ValueError)) as err:
+            rm.rollback_env(*args)
+        assert str(err.value) == words
+
+
+async def test_rollback_env_re_promotes_through_the_gates_with_who_asked(
+    tmp_path: Path, ts_env: WorkflowEnvironment
+) -> None:
+    rm = ReleaseManagement(tmp_path, CATALOG)
+    promoted(rm, INITIAL, HOTFIX)
+    before = rm.contents("QC")
+    async with in_process_worker(ts_env, rm) as tq:
+        info = rm.rollback_env("QC", "frontend", "ana")
+        handle = await ts_env.client.start_workflow(
+            ReleaseWorkflow.run, info, id=f"release-{uuid.uuid4()}", task_queue=tq
+        )
+        assert (await handle.result()).status == "SUCCESS"
+    assert before == ["backendforfrontend-1.7", "frontend-1.1", "sbstore-1.7"]
+    assert rm.contents("QC") == ["backendforfrontend-1.7", "frontend-1.0", "sbstore-1.7"]
+    assert (rm.artifactory / "frontend-1.0").read_bytes() == (rm.env_dir("QC") / "frontend-1.0").read_bytes()
+    config = json.loads(rm.config_path("QC", "frontend").read_text())
+    assert (config["artifact"], config["release_key"]) == ("frontend-1.0", "ROLLBACK-QC-frontend")
+    lines = [e for e in rm.ledger.entries() if e.get("release_key") == "ROLLBACK-QC-frontend"]
+    assert [(e["step"], e.get("env")) for e in lines] == [("approve", None), ("deploy", "QC"), ("test", "QC")]
+    assert lines[0]["approver"] == "ana"
+    report = json.loads(rm.report_path(info.deploys[0], "QC", "security").read_text())
+    assert report["release_key"] == "ROLLBACK-QC-frontend"
+
+
+def test_a_crash_in_the_middle_of_a_rollback_leaves_old_or_new_never_a_mix(tmp_path: Path) -> None:
+    rm = ReleaseManagement(tmp_path, CATALOG)
+    promoted(rm, INITIAL)
+    qc_before = files(rm.env_dir("QC"))
+    d = next(x for x in rm.gather_deployments(HOTFIX).deploys if x.container_id == "sbstore")
+    step = StepInput(release_key=HOTFIX, run_id="run-hotfix", deploy=d, env="QC")
+    for env in ("DEV", "TEST", "QC"):
+        s = step.model_copy(update={"env": env})
+        if env == "DEV":
+            rm.build(s)
+        rm.deploy(s)
+        if env != "QC":
+            rm.test(s)
+    new = files(rm.env_dir("QC"))
+
+    def crash(verb: str, step: StepInput, attempt: int) -> None:
+        raise OSError("killed")
+
+    rm.midway = crash
+    with pytest.raises(OSError):
+        rm.rollback(step)
+    # Both artifacts, and the config still names the new one: the new pair is whole.
+    mid = files(rm.env_dir("QC"))
+    assert mid["sbstore-1.0"] == qc_before["sbstore-1.0"] and mid["sbstore-1.7"] == new["sbstore-1.7"]
+    assert mid["config/sbstore.json"] == new["config/sbstore.json"]
+    rm.midway = None
+    rm.rollback(step)
+    assert files(rm.env_dir("QC")) == qc_before
+    # Once more: nothing left to do, and the ledger still claims it once.
+    rm.rollback(step)
+    assert [e["applied"] for e in rollback_lines(rm)] == [True, False]
