@@ -17,7 +17,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from release_management import ReleaseManagement
-from shared import AWAITING_APPROVAL, FROZEN, Approval, ReleaseInfo, Unfreeze
+from shared import AWAITING_APPROVAL, FROZEN, HELD, Approval, Decision, ReleaseInfo, StepInput, Unfreeze
 from tests.conftest import CATALOG, installed_binary
 from tests.support import in_process_worker
 from utils import FailureInjector, exit_now
@@ -27,9 +27,9 @@ HISTORIES = Path(__file__).parent / "histories"
 # Histories of every generation of the workflows stay: a release started by older code must
 # still replay on the new. Name a new generation for each versioned change, and record it;
 # files without a generation (success.0.json) are the first one.
-GENERATION = "v4"
+GENERATION = "v5"
 # The generations recorded before (besides the first): their files stay, and must keep replaying.
-PAST_GENERATIONS = ("v2", "v3")
+PAST_GENERATIONS = ("v2", "v3", "v4")
 
 # scenario: (release key, failure injector, whether the release succeeds)
 SCENARIOS = {
@@ -44,10 +44,32 @@ SCENARIOS = {
     "gate-failure": ("RELEASE-NOV-23-INITIAL", FailureInjector("never"), False),
     # From v4: PROD frozen (examples/freeze.json), unfrozen by an Update; a Signal after it is ignored.
     "freeze": ("RELEASE-DEMO-FREEZE", FailureInjector("never"), True),
+    # From v5: with examples/rollback.json, sbstore 1.7 fails security in QC after INITIAL, and is rolled back.
+    "rollback": ("RELEASE-NOV-23-HOTFIX-STAGE", FailureInjector("never"), False),
+    # From v5: on_failure hold; a person asks to retry (it fails again), then to roll back, by a Signal.
+    "hold": ("RELEASE-JAN-24-ALPHA-QC-HOLD", FailureInjector("never"), False),
+    # From v5: rollback-env QC frontend after INITIAL and HOTFIX-STAGE: frontend 1.0 back in QC.
+    "rollback-env": ("ROLLBACK-QC-frontend", FailureInjector("never"), True),
 }
-# Scenarios that only a generation from v4 on records.
-SINCE_V4 = ("gate-failure", "freeze")
-FREEZE_CATALOG = CATALOG.parent / "examples" / "freeze.json"
+# The generation that first records each scenario (the others are in every one).
+SINCE = {"gate-failure": 4, "freeze": 4, "rollback": 5, "hold": 5, "rollback-env": 5}
+EXAMPLES = CATALOG.parent / "examples"
+CATALOGS = {
+    "freeze": EXAMPLES / "freeze.json",
+    "rollback": EXAMPLES / "rollback.json",
+    "hold": EXAMPLES / "rollback.json",
+}
+FAILING = {
+    "gate-failure": ("sbstore-1.0", "QC", "security"),
+    "rollback": ("sbstore-1.7", "QC", "security"),
+    "hold": ("sbstore-1.8", "QC", "security"),
+}
+# What the workspace holds before the scenario's release: these releases' steps, run without Temporal.
+BEFORE = {
+    "rollback": ("RELEASE-NOV-23-INITIAL",),
+    "hold": ("RELEASE-JAN-24-ALPHA-DEV",),
+    "rollback-env": ("RELEASE-NOV-23-INITIAL", "RELEASE-NOV-23-HOTFIX-STAGE"),
+}
 
 
 async def approve_when_held(handle: WorkflowHandle) -> None:
@@ -64,24 +86,48 @@ async def unfreeze_when_frozen(handle: WorkflowHandle) -> None:
     await handle.signal("unfreeze", Unfreeze(approver="recorder"))  # unfrozen already: ignored, but in history
 
 
+async def decide_when_held(handle: WorkflowHandle) -> None:
+    """Retry by an Update (it fails again, and is held again), then roll back by a Signal."""
+    while (await handle.query(ReleaseWorkflow.progress)).status != HELD:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+    await handle.execute_update(ReleaseWorkflow.retry, Decision(approver="recorder"))
+    while sum("is held in" in e for e in (await handle.query(ReleaseWorkflow.progress)).events) < 2:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+    await handle.signal("rollback", Decision(approver="recorder"))
+
+
+def run_steps(rm: ReleaseManagement, keys: tuple[str, ...]) -> None:
+    for key in keys:
+        for d in rm.gather_deployments(key).deploys:
+            for env_name in d.environments:
+                step = StepInput(release_key=key, run_id=f"before-{key}", deploy=d, env=env_name)
+                if env_name == "DEV":
+                    rm.build(step)
+                rm.deploy(step)
+                rm.test(step)
+
+
 async def record(env: WorkflowEnvironment, scenario: str) -> list[Path]:
     key, failures, succeeds = SCENARIOS[scenario]
     with tempfile.TemporaryDirectory() as workspace:
-        rm = ReleaseManagement(
-            Path(workspace),
-            FREEZE_CATALOG if scenario == "freeze" else CATALOG,
-            failing_checks=frozenset({("sbstore-1.0", "QC", "security")})
-            if scenario == "gate-failure"
-            else frozenset(),
+        rm = ReleaseManagement(Path(workspace), CATALOGS.get(scenario, CATALOG))
+        run_steps(rm, BEFORE.get(scenario, ()))
+        rm.failing_checks = frozenset({FAILING[scenario]}) if scenario in FAILING else frozenset()
+        info = (
+            rm.rollback_env("QC", "frontend", "recorder")
+            if scenario == "rollback-env"
+            else ReleaseInfo(release_key=key)
         )
         async with in_process_worker(env, rm, failures) as task_queue:
             handle = await env.client.start_workflow(
-                ReleaseWorkflow.run, ReleaseInfo(release_key=key), id=f"release-{key}-{scenario}", task_queue=task_queue
+                ReleaseWorkflow.run, info, id=f"release-{key}-{scenario}", task_queue=task_queue
             )
             if scenario == "approvals":
                 await approve_when_held(handle)
             if scenario == "freeze":
                 await unfreeze_when_frozen(handle)
+            if scenario == "hold":
+                await decide_when_held(handle)
             try:
                 await handle.result()
                 assert succeeds, f"{scenario} was expected to fail"

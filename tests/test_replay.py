@@ -16,7 +16,7 @@ from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
 
 import workflows
 from locks import TargetLockWorkflow
-from tests.record_histories import GENERATION, PAST_GENERATIONS, SCENARIOS, SINCE_V4
+from tests.record_histories import GENERATION, PAST_GENERATIONS, SCENARIOS, SINCE
 from workflows import DeployWorkflow, ReleaseWorkflow
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
@@ -33,7 +33,7 @@ def test_the_recorded_scenarios_are_all_there() -> None:
     # Each scenario in each generation that records it.
     recorded = {tuple(p.name.split(".")[:2]) for p in HISTORIES}
     for generation in (GENERATION, *PAST_GENERATIONS):
-        since = [s for s in SCENARIOS if int(generation[1:]) >= 4 or s not in SINCE_V4]
+        since = [s for s in SCENARIOS if int(generation[1:]) >= SINCE.get(s, 1)]
         assert {s for s, g in recorded if g == generation} == set(since), generation
     types = {
         json.loads(p.read_text())["history"]["events"][0]["workflowExecutionStartedEventAttributes"]["workflowType"][
