@@ -18,12 +18,18 @@ from typing import Any, TypeVar
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, CancelledError, FailureError
 
+from commands import CommandCancelled, CommandError
 from release_management import ReleaseError, ReleaseManagement
 from shared import ApprovalRecord, ApprovalReport, ReleaseInfo, RollbackRequest, StepInput, StepResult, clip
 from utils import FailureInjector, SimulatedFailure
 
 T = TypeVar("T")
 MESSAGE_MAX = 300
+
+
+def _cancelled() -> bool:
+    """Whether a step's command should stop: its activity was cancelled, or the worker is shutting down."""
+    return activity.is_cancelled() or activity.is_worker_shutdown()
 
 
 def step_summary(verb: str, step: StepInput) -> str:
@@ -123,7 +129,7 @@ class ReleaseActivities:
 
         def run() -> StepResult:
             self.failures.maybe_fail(what, attempt, key=step.release_key)
-            outcome = getattr(self.rm, verb)(step, attempt=attempt, progress=activity.heartbeat)
+            outcome = getattr(self.rm, verb)(step, attempt=attempt, progress=activity.heartbeat, cancelled=_cancelled)
             # The ledger line is written: a strike here (FAILURE_AT=end) makes Temporal run a
             # step again that is applied and recorded.
             self.failures.maybe_fail(what, attempt, key=step.release_key, point="end")
@@ -161,6 +167,13 @@ class ReleaseActivities:
             return fn()
         except (SimulatedFailure, ReleaseError, FailureError):
             raise  # transient, final by type name, or already Temporal's own
+        except CommandCancelled:
+            raise CancelledError("the step's command was stopped: the step was cancelled") from None
+        except CommandError as e:
+            # A step's command (commands.py): "try again" exit codes and timeouts retry, the rest is final.
+            raise ApplicationError(
+                clip(str(e), MESSAGE_MAX), type=type(e).__name__, non_retryable=not e.retryable
+            ) from None
         except OSError as e:
             where = e.filename if e.filename is not None else self.rm.workspace
             raise ApplicationError(

@@ -22,6 +22,7 @@ from typing import Annotated, NamedTuple
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from commands import CommandFailed, StepCommand, StepCommands, placeholders_for, run_command
 from shared import (
     ARTIFACTORY,
     DEFAULT_CHECKS,
@@ -97,6 +98,23 @@ class StepOutcome(NamedTuple):
 
 def _noop() -> None:
     pass
+
+
+def _never() -> bool:
+    return False
+
+
+def _commands(d: DeployInfo) -> StepCommands:
+    """d's step commands; none (all simulated) when the catalog gives none. Checked again here: the
+    payload may come from an older release, or a client that skipped the catalog."""
+    return StepCommands.model_validate(d.commands or {})
+
+
+def _bytes_of(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
 
 
 def _now() -> str:
@@ -606,6 +624,8 @@ class Catalog(BaseModel):
         default_factory=dict
     )
     releases: list[CatalogRelease]
+    # Steps run as commands instead of the simulation (see commands.py); absent: all simulated.
+    commands: StepCommands | None = None
 
     def settings(self, env: str) -> EnvironmentSettings:
         return self.environments.get(env) or EnvironmentSettings()
@@ -740,6 +760,7 @@ class ReleaseManagement:
                         environments=entry.environments,  # type: ignore[arg-type]
                         approved=container not in entry.unapproved,
                         checks={env: catalog.checks(env) for env in entry.environments},
+                        commands=catalog.commands.model_dump(exclude_none=True) if catalog.commands else None,
                         config={env: catalog.settings(env).config for env in entry.environments},
                     )
                 )
@@ -801,7 +822,13 @@ class ReleaseManagement:
             return []
         return sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
 
-    def build(self, step: StepInput, attempt: int = 1, progress: Callable[[], None] = _noop) -> StepOutcome:
+    def build(
+        self,
+        step: StepInput,
+        attempt: int = 1,
+        progress: Callable[[], None] = _noop,
+        cancelled: Callable[[], bool] = _never,
+    ) -> StepOutcome:
         """Write the artifact; applied if this execution wrote it (it was missing or different)."""
         started = _now()
         step = _checked(step, "build")
@@ -809,14 +836,29 @@ class ReleaseManagement:
         self._work(progress)
         self.artifactory.mkdir(parents=True, exist_ok=True)
         artifact = self.artifactory / _artifact(d)
-        content = build_content(d, step.release_key)
-        applied = not artifact.exists() or artifact.read_bytes() != content
-        if applied:
-            atomic_write(artifact, content)
+        command = _commands(d).build
+        if command is not None:
+            before = _bytes_of(artifact)
+            log = self.artifactory / "reports" / _artifact(d) / "build.log"
+            self._run(command, step, None, artifact, log, progress, cancelled)
+            if not artifact.is_file():
+                raise CommandFailed(f"the build command left no {artifact.name} in the artifactory")
+            applied = _bytes_of(artifact) != before
+        else:
+            content = build_content(d, step.release_key)
+            applied = not artifact.exists() or artifact.read_bytes() != content
+            if applied:
+                atomic_write(artifact, content)
         self._effect_in_place("build", step, attempt)
         return StepOutcome(artifact.name, self._record(step, "build", attempt, started, applied))
 
-    def deploy(self, step: StepInput, attempt: int = 1, progress: Callable[[], None] = _noop) -> StepOutcome:
+    def deploy(
+        self,
+        step: StepInput,
+        attempt: int = 1,
+        progress: Callable[[], None] = _noop,
+        cancelled: Callable[[], bool] = _never,
+    ) -> StepOutcome:
         """Copy the artifact from the environment before, with its configuration; applied if it changed a file.
 
         Refused (NotVerified) unless the ledger shows this version passing its tests in the
@@ -844,7 +886,16 @@ class ReleaseManagement:
         except FileNotFoundError:
             raise missing from None  # removed while this step worked: no retry brings it back
         target = target_dir / name
-        applied = _write_if_changed(target, data)
+        command = _commands(d).deploy
+        if command is not None:
+            before = _bytes_of(target)
+            log = self.artifactory / "reports" / name / f"{env}-deploy.log"
+            self._run(command, step, env, target, log, progress, cancelled)
+            if _bytes_of(target) != data:
+                raise CommandFailed(f"the deploy command did not put {name} from {source.parent.name} into {env}")
+            applied = before != data
+        else:
+            applied = _write_if_changed(target, data)
         if self.midway is not None:
             self.midway("deploy", step, attempt)
         config = self.config_path(env, d.container_id)
@@ -866,7 +917,13 @@ class ReleaseManagement:
         self._effect_in_place("deploy", step, attempt)
         return StepOutcome(name, self._record(step, "deploy", attempt, started, applied))
 
-    def test(self, step: StepInput, attempt: int = 1, progress: Callable[[], None] = _noop) -> StepOutcome:
+    def test(
+        self,
+        step: StepInput,
+        attempt: int = 1,
+        progress: Callable[[], None] = _noop,
+        cancelled: Callable[[], bool] = _never,
+    ) -> StepOutcome:
         """Run the environment's quality gates on the deployed artifact, then its health check; one report each.
 
         Applied if this execution wrote a report. A report this try already wrote is its verdict: a
@@ -888,7 +945,7 @@ class ReleaseManagement:
             report = self.report_path(d, env, check)
             verdict = _verdict(report, step.run_id, step.retry)
             if verdict is None:
-                verdict = self._check(d, env, check)
+                verdict = self._check(d, env, check, step, progress, cancelled)
                 # A report of another run is replaced: the report says what this run found.
                 report.parent.mkdir(parents=True, exist_ok=True)
                 body = {
@@ -1059,11 +1116,44 @@ class ReleaseManagement:
             on_failure=catalog.default_on_failure,
         )
 
-    def _check(self, d: DeployInfo, env: str, check: str) -> tuple[bool, list[str]]:
-        """A simulated check suite: it fails where FAILING_CHECKS says, with one finding."""
+    def _check(
+        self,
+        d: DeployInfo,
+        env: str,
+        check: str,
+        step: StepInput,
+        progress: Callable[[], None],
+        cancelled: Callable[[], bool],
+    ) -> tuple[bool, list[str]]:
+        """A check's verdict: its command's (exit 0 passes; a final failure fails, with its last lines as the
+        finding; "try again" raises), or the simulation's, which fails where FAILING_CHECKS says."""
+        command = _commands(d).for_check(check)
+        if command is not None:
+            log = self.report_path(d, env, check).with_suffix(".log")
+            try:
+                self._run(command, step, env, self.env_dir(env) / _artifact(d), log, progress, cancelled, check)
+            except CommandFailed as e:
+                return False, [str(e)]
+            return True, []
         if (_artifact(d), env, check) in self.failing_checks:
             return False, [f"FAILING_CHECKS names {_artifact(d)}:{env}:{check}"]
         return True, []
+
+    def _run(
+        self,
+        command: StepCommand,
+        step: StepInput,
+        env: str | None,
+        artifact: Path,
+        log: Path,
+        progress: Callable[[], None],
+        cancelled: Callable[[], bool],
+        check: str | None = None,
+    ) -> None:
+        """Run a step's command in the workspace, its output in log; CommandError says how it failed."""
+        log.parent.mkdir(parents=True, exist_ok=True)
+        values = placeholders_for(step.deploy, step.release_key, env, artifact, check)
+        run_command(command, values, self.workspace, log, heartbeat=progress, cancelled=cancelled)
 
     def check_upstream(self, release: ReleaseInfo) -> None:
         """Refuse, before any of them starts, a release whose deploys cannot enter their first environment.

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -115,6 +115,8 @@ class DeployInfo(BaseModel):
     checks: dict[Environment, list[str]] | None = None
     # The configuration values of each environment, rendered with the artifact when it is deployed.
     config: dict[Environment, dict[str, ConfigValue]] = Field(default_factory=dict)
+    # The catalog's "commands" (commands.StepCommands, checked there): steps run as commands; None: simulated.
+    commands: dict[str, Any] | None = None
 
     def checks_in(self, env: str) -> list[str]:
         return list((DEFAULT_CHECKS if self.checks is None else self.checks).get(env, []))

@@ -509,10 +509,10 @@ class ReleaseWorkflow:
                     or not workflow.patched("on-failure-policies")
                 ):
                     raise
-                failure = _message(cause)
+                failure, error = _message(cause), err
             policy, by = self.release.on_failure, None
             if policy == STOP_ALL:
-                raise  # the release stops at this failure, as it did before policies
+                raise error  # the release stops at this failure, as it did before policies
             self.failure_type = self.failure_type or getattr(cause, "type", None) or "DeployFailed"
             action: str = policy.action
             if action == "hold":
