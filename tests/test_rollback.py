@@ -14,9 +14,10 @@ from temporalio.testing import WorkflowEnvironment
 
 from release_management import ReleaseError, ReleaseManagement
 from shared import HELD, Decision, ReleaseInfo, ReleaseState, StepInput, root_cause
-from tests.conftest import CATALOG
-from tests.support import in_process_worker
+from tests.conftest import CATALOG, REPO, target_of
+from tests.support import WorkerProcess, in_process_worker, run_script, script_env, stopped_at_the_end, task_queue
 from tests.test_approvals import cause_of, until_status
+from utils import python_command
 from workflows import ReleaseWorkflow
 
 INITIAL, HOTFIX = "RELEASE-NOV-23-INITIAL", "RELEASE-NOV-23-HOTFIX-STAGE"
@@ -285,3 +286,63 @@ def test_a_crash_in_the_middle_of_a_rollback_leaves_old_or_new_never_a_mix(tmp_p
     # Once more: nothing left to do, and the ledger still claims it once.
     rm.rollback(step)
     assert [e["applied"] for e in rollback_lines(rm)] == [True, False]
+
+
+# --- from the command line, against a real dev server ----------------------------------------------------
+
+HOLD_KEY = "RELEASE-JAN-24-ALPHA-QC-HOLD"
+
+
+@pytest.mark.slow(20)
+async def test_held_deploy_and_rollback_env_from_the_command_line(
+    dev_server: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    env = script_env(
+        target_of(dev_server),
+        tmp_path,
+        task_queue(),
+        RELEASE_CATALOG=str(REPO / "examples" / "rollback.json"),
+        FAILING_CHECKS="sbstore-1.8:QC:security",
+    )
+    with stopped_at_the_end([await asyncio.to_thread(WorkerProcess(env, tmp_path / "worker.log").start)]):
+        code, out = await run_script(["--release-key", "RELEASE-JAN-24-ALPHA-DEV"], env)
+        assert code == 0, out
+        starter = asyncio.ensure_future(run_script(["--release-key", HOLD_KEY], env))
+        async with asyncio.timeout(60):
+            while True:
+                code, out = await run_script(["status", HOLD_KEY], env)
+                if out.startswith(f"Release {HOLD_KEY}: HELD\n"):
+                    break
+                await asyncio.sleep(0.2)
+        py = python_command()
+        assert (
+            f"  sbstore-1.8 is held: {py} run_workflow.py retry {HOLD_KEY} --by NAME --deploy sbstore  (after a fix), "
+            f"or {py} run_workflow.py rollback {HOLD_KEY} --by NAME --deploy sbstore\n"
+        ) in out, out
+        code, out = await run_script(["rollback", HOLD_KEY, "--by", " "], env)
+        assert (code, out) == (2, "error: the approver is empty: say who asks to rollback\n")
+        code, out = await run_script(["retry", HOLD_KEY, "--by", "Ana", "--deploy", "frontend"], env)
+        assert (code, out) == (2, f"error: release {HOLD_KEY} does not hold 'frontend'; held: sbstore\n")
+        code, out = await run_script(["rollback", HOLD_KEY, "--by", "Ana"], env)
+        assert (code, out) == (0, f"Rollback of sbstore-1.8 asked by Ana (release {HOLD_KEY}: HELD)\n")
+        code, out = await starter
+        assert code == 1, out
+        assert out.splitlines()[-1] == (
+            f"Result: Release {HOLD_KEY}: FAILED: GateFailed: sbstore-1.8 failed security in QC: "
+            "FAILING_CHECKS names sbstore-1.8:QC:security; rolled back QC to nothing; "
+            "frontend-1.2 and backendforfrontend-1.8 reached QC"
+        ), out
+        assert "  held for a person: " in out
+        code, out = await run_script(["rollback-env", "QC", "frontend", "--by", "Ana", "--to", "9.9"], env)
+        assert (code, out) == (2, "error: cannot roll back QC frontend to 9.9: it never passed its tests in QC\n")
+        code, out = await run_script(["rollback-env", "QC", "frontend", "--by", "Ana"], env)
+        assert (code, out) == (
+            2,
+            "error: cannot roll back QC frontend: no other version passed its tests there (it holds frontend-1.2)\n",
+        )
+        code, out = await run_script(["rollback-env", "QC", "sbstore", "--by", "Ana", "--to", "1.8"], env)
+        assert (code, out) == (2, "error: cannot roll back QC sbstore to 1.8: it never passed its tests in QC\n")
+    assert sorted(p.name for p in (tmp_path / "environments" / "QC").iterdir() if p.is_file()) == [
+        "backendforfrontend-1.8",
+        "frontend-1.2",
+    ]
