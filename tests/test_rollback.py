@@ -17,7 +17,7 @@ from shared import HELD, Decision, ReleaseInfo, ReleaseState, StepInput, root_ca
 from tests.conftest import CATALOG, REPO, target_of
 from tests.support import WorkerProcess, in_process_worker, run_script, script_env, stopped_at_the_end, task_queue
 from tests.test_approvals import cause_of, until_status
-from utils import python_command
+from utils import EXIT_CODE, python_command
 from workflows import ReleaseWorkflow
 
 INITIAL, HOTFIX = "RELEASE-NOV-23-INITIAL", "RELEASE-NOV-23-HOTFIX-STAGE"
@@ -346,3 +346,57 @@ async def test_held_deploy_and_rollback_env_from_the_command_line(
         "backendforfrontend-1.8",
         "frontend-1.2",
     ]
+
+
+# Seed 157383 (FAILURE_RATE=alot at FAILURE_AT=midway) strikes no first attempt of HOTFIX-STAGE's deploys,
+# and the first attempt of `rollback sbstore-1.7 in QC`, not its second: the worker dies in the middle of
+# the rollback, once the old artifact is back beside the new and before the old config is.
+ROLLBACK_KILL_SEED = "157383"
+
+
+@pytest.mark.slow(30)
+async def test_a_worker_killed_during_a_rollback_leaves_old_or_new(
+    dev_server: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    rm = ReleaseManagement(tmp_path, REPO / "examples" / "rollback.json")
+    promoted(rm, INITIAL)
+    qc_before = files(rm.env_dir("QC"))
+    base = script_env(
+        target_of(dev_server),
+        tmp_path,
+        task_queue(),
+        RELEASE_CATALOG=str(REPO / "examples" / "rollback.json"),
+        FAILING_CHECKS="sbstore-1.7:QC:security",
+    )
+    exiting = base | {"FAILURE_AT": "midway", "FAILURE_ACTION": "exit", "FAILURE_RATE": "alot"}
+    exiting["FAILURE_SEED"] = ROLLBACK_KILL_SEED
+    log = tmp_path / "worker.log"
+    exits = 0
+    with stopped_at_the_end([WorkerProcess(exiting, log).start()]) as workers:
+        release = asyncio.create_task(run_script(["--release-key", HOTFIX], base, limit=240))
+        while True:
+            proc = workers[-1].proc
+            assert proc is not None
+            died = asyncio.create_task(asyncio.to_thread(proc.wait))
+            async with asyncio.timeout(120):
+                await asyncio.wait({died, release}, return_when=asyncio.FIRST_COMPLETED)
+            if not died.done():
+                break
+            assert died.result() == EXIT_CODE, log.read_text()[-3000:]
+            exits += 1
+            assert exits < 10, "the worker keeps dying"
+            # Dead: the workspace is as the exit left it. Whatever QC holds of sbstore, its config names a file there.
+            held = files(rm.env_dir("QC"))
+            config = json.loads(held["config/sbstore.json"])
+            assert config["artifact"] in held, sorted(held)
+            workers.append(WorkerProcess(exiting, log).start())
+        code, out = await release
+    assert "between the artifact and its configuration: rollback sbstore-1.7 in QC, attempt 1" in log.read_text()
+    assert code == 1 and "rolled back QC to sbstore-1.0" in out.splitlines()[-1], out
+    after = files(rm.env_dir("QC"))
+    assert (after["sbstore-1.0"], after["config/sbstore.json"]) == (
+        qc_before["sbstore-1.0"],
+        qc_before["config/sbstore.json"],
+    )
+    assert "sbstore-1.7" not in after
+    assert [line["applied"] for line in rollback_lines(rm)].count(True) == 1
