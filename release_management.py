@@ -110,6 +110,21 @@ def _commands(d: DeployInfo) -> StepCommands:
     return StepCommands.model_validate(d.commands or {})
 
 
+# How much of a check command's output its report keeps (all of it is in the log beside the report).
+OUTPUT_KEPT = 2000
+
+
+def _command_output(log: Path | None) -> dict[str, str]:
+    """The report's fields for a check run as a command: its log's name and the end of its output."""
+    if log is None:
+        return {}
+    try:
+        text = log.read_bytes()[-OUTPUT_KEPT:].decode(errors="replace")
+    except FileNotFoundError:
+        text = ""
+    return {"log": log.name, "output": text}
+
+
 def _bytes_of(path: Path) -> bytes | None:
     try:
         return path.read_bytes()
@@ -958,6 +973,7 @@ class ReleaseManagement:
                     "release_key": step.release_key,
                     "run_id": step.run_id,
                     **({"retry": step.retry} if step.retry else {}),
+                    **_command_output(report.with_suffix(".log") if _commands(d).for_check(check) else None),
                     "started_at": started,
                     "finished_at": _now(),
                 }

@@ -545,9 +545,11 @@ async def test_a_release_runs_the_example_commands_through_a_worker(
         assert (rm.env_dir(env) / "frontend-3.0").read_bytes() == built
         assert json.loads(rm.config_path(env, "frontend").read_text())["artifact"] == "frontend-3.0"
         for check in [*d.checks_in(env), "health"]:
-            assert json.loads(rm.report_path(d, env, check).read_text())["passed"] is True
-            # The command's own words, kept beside its report.
-            assert f"{check}" in rm.report_path(d, env, check).with_suffix(".log").read_text()
+            report = json.loads(rm.report_path(d, env, check).read_text())
+            assert report["passed"] is True
+            # The command's own words: all of them beside the report, their end in it.
+            log = rm.report_path(d, env, check).with_suffix(".log")
+            assert report["log"] == log.name and report["output"] == log.read_text() and check in report["output"]
 
 
 async def test_a_check_command_that_fails_is_a_gate_failure_with_its_last_lines(
