@@ -9,6 +9,7 @@ entry's drift: never hidden, never corrected here.
 from __future__ import annotations
 
 import filecmp
+import hashlib
 import json
 import re
 import sys
@@ -38,6 +39,8 @@ class Holding:
     drift: str | None = None
     # Whether the deploy that put it there wrote a config file: deploys before quality gates wrote none.
     config_written: bool = field(default=True, repr=False, compare=False)
+    # The SHA-256 of the config file the deploy wrote, where its ledger line says (deploys since issue 11).
+    config_sha256: str | None = field(default=None, repr=False, compare=False)
 
     def as_json(self) -> dict[str, str | None]:
         entry = {name: getattr(self, name) for name in ENTRY_FIELDS}
@@ -100,6 +103,7 @@ def replay(entries: list[dict[str, object]]) -> tuple[dict[str, dict[str, Holdin
             approver = approvers.get((run, e.get("deploy_key"))) or approvers.get((run, release_key))
             holding = Holding(version, _text(release_key), _text(run), _text(e.get("at")), approver)
             holding.config_written = i > first_gated or run in gated_runs
+            holding.config_sha256 = _text(e.get("config_sha256"))
             deployed[(env, container, run, version)] = holding
             holdings[env][container] = holding
             moves.append(Move(env, container, version, holding.release_key, holding.run_id, holding.at, approver))
@@ -248,7 +252,8 @@ def _artifact_drift(path: Path, built: Path) -> list[str]:
 
 def _config_drift(path: Path, expected: dict[str, object], h: Holding) -> list[str]:
     try:
-        body = json.loads(path.read_bytes())
+        data = path.read_bytes()
+        body = json.loads(data)
     except FileNotFoundError:
         return ["no config file"] if h.config_written else []
     except (OSError, ValueError, RecursionError):
@@ -257,7 +262,11 @@ def _config_drift(path: Path, expected: dict[str, object], h: Holding) -> list[s
         return ["config file cannot be read"]
     expected = {**expected, "release_key": h.release_key}
     differ = [f"{k} {clip(str(body.get(k)))}" for k, v in expected.items() if body.get(k) != v]
-    return [f"config file says {', '.join(differ)}"] if differ else []
+    if differ:
+        return [f"config file says {', '.join(differ)}"]
+    if h.config_sha256 is not None and hashlib.sha256(data).hexdigest() != h.config_sha256:
+        return ["config file differs from the one its deploy wrote"]
+    return []
 
 
 def _restored(restored: dict[str, object], deployed: Holding | None) -> Holding:
@@ -266,6 +275,7 @@ def _restored(restored: dict[str, object], deployed: Holding | None) -> Holding:
     if "approved_by" not in restored and deployed is not None:
         back.approved_by = deployed.approved_by
     back.config_written = deployed.config_written if deployed is not None else True
+    back.config_sha256 = _text(restored.get("config_sha256")) or (deployed.config_sha256 if deployed else None)
     return back
 
 

@@ -8,6 +8,7 @@ once. The ledger records every execution of a step, and says which one applied i
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -915,7 +916,8 @@ class ReleaseManagement:
             self.midway("deploy", step, attempt)
         config = self.config_path(env, d.container_id)
         config.parent.mkdir(exist_ok=True)
-        applied = _write_if_changed(config, render_config(d, env, step.release_key)) or applied
+        rendered = render_config(d, env, step.release_key)
+        applied = _write_if_changed(config, rendered) or applied
         # Only once the new version and its configuration are in place does the old one go.
         for old in target_dir.iterdir():
             if (
@@ -930,7 +932,9 @@ class ReleaseManagement:
                     continue
                 applied = True
         self._effect_in_place("deploy", step, attempt)
-        return StepOutcome(name, self._record(step, "deploy", attempt, started, applied))
+        # The config's digest: the inventory tells a config edited by hand from the one deployed.
+        extra = {"config_sha256": hashlib.sha256(rendered).hexdigest()}
+        return StepOutcome(name, self._record(step, "deploy", attempt, started, applied, extra))
 
     def test(
         self,
@@ -1071,7 +1075,7 @@ class ReleaseManagement:
             if e.get("env") != env or e.get("container") != container or e.get("run_id") == run_id or not _claims(e):
                 continue
             if e.get("step") == "deploy":
-                holder = {k: e.get(k) for k in ("version", "release_key", "run_id", "at")}
+                holder = {k: e.get(k) for k in ("version", "release_key", "run_id", "at", "config_sha256")}
             elif e.get("step") == "rollback":
                 restored = e.get("restored")
                 holder = restored if isinstance(restored, dict) else None

@@ -110,7 +110,7 @@ class ReleaseWorkflow:
         for d in self.state.deploys:
             d.waiting_for = None
             for cell in d.cells.values():
-                if cell.status in ("pending", "waiting", "running"):
+                if cell.status in ("pending", "waiting", "running", "held"):
                     cell.status = status  # type: ignore[assignment]
 
     def _deployed(self) -> str:
@@ -312,16 +312,19 @@ class ReleaseWorkflow:
         if action == "rollback":
             run_id = workflow.info().run_id
             for d in deploys:
-                state = next(x for x in self.state.deploys if x.deploy_key == d.deploy_key)
-                cell = state.cells.get(env)
-                if d.deploy_key == result.deploy_key or cell is None or not cell.deployed:
+                if d.deploy_key == result.deploy_key:
                     continue
-                step = StepInput(release_key=self.state.release_key, run_id=run_id, deploy=d, env=env)
-                try:
-                    await self._wait_for_locks(d, step, await self._move_locks(d, acquire=[env]))
-                    settled.append(await self._rollback(d, step, None))
-                finally:
-                    await self._move_locks(d, release=[env])
+                cells = next(x for x in self.state.deploys if x.deploy_key == d.deploy_key).cells
+                # That environment, and any the deploy reached but did not finish testing (its step in flight):
+                # nothing of this release stays where it was not verified. Latest first, one lock at a time.
+                back = [e for e, c in cells.items() if c.deployed and (e == env or c.status != "done")]
+                for place in reversed(back):
+                    step = StepInput(release_key=self.state.release_key, run_id=run_id, deploy=d, env=place)
+                    try:
+                        await self._wait_for_locks(d, step, await self._move_locks(d, acquire=[place]))
+                        settled.append(await self._rollback(d, step, None))
+                    finally:
+                        await self._move_locks(d, release=[place])
         raise ApplicationError(
             f"{result.failed}; {'; '.join(settled)}; the other deploys stopped; deployed: {self._deployed()}",
             type=self.failure_type,

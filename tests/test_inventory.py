@@ -14,8 +14,8 @@ from pathlib import Path
 
 from inventory import Holding, history, inventory, replay
 from release_management import ReleaseManagement
-from shared import ApprovalRecord
-from tests.conftest import REPO
+from shared import ApprovalRecord, StepInput
+from tests.conftest import CATALOG, REPO
 from tests.support import run_python, script_env
 from tests.test_gates import through
 from tests.test_release_management import promote
@@ -351,3 +351,21 @@ def test_replay_takes_applied_lines_in_order_and_fills_in_a_restored_approver() 
         ("1.1", "b", None, True),
     ]
     assert skipped == 2
+
+
+def test_a_config_value_edited_by_hand_is_drift(tmp_path: Path) -> None:
+    """The deploy's ledger line keeps its config's digest, so an edit that keeps the artifact's name shows too."""
+    rm = ReleaseManagement(tmp_path, CATALOG)
+    for d in rm.gather_deployments("RELEASE-NOV-23-INITIAL").deploys:
+        step = StepInput(release_key="RELEASE-NOV-23-INITIAL", run_id="run-1", deploy=d, env="DEV")
+        rm.build(step)
+        rm.deploy(step)
+        rm.test(step)
+    config = rm.config_path("DEV", "frontend")
+    config.write_text(config.read_text().replace('"replicas": 1', '"replicas": 5'))
+    drift = {c: h.drift for c, h in inventory(tmp_path).holdings["DEV"].items()}
+    assert drift == {
+        "backendforfrontend": None,
+        "frontend": "config file differs from the one its deploy wrote",
+        "sbstore": None,
+    }

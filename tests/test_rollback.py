@@ -400,3 +400,18 @@ async def test_a_worker_killed_during_a_rollback_leaves_old_or_new(
     )
     assert "sbstore-1.7" not in after
     assert [line["applied"] for line in rollback_lines(rm)].count(True) == 1
+
+
+async def test_rollback_all_leaves_nothing_of_the_release_where_it_was_not_tested(
+    tmp_path: Path, ts_env: WorkflowEnvironment
+) -> None:
+    """A failure in TEST with all: the others stop after their step in flight, which may be a deploy into QC."""
+    rm = workspace(tmp_path, {"action": "rollback", "all": True}, {("sbstore-1.7", "TEST", "integration")})
+    rm.step_seconds = 0.3  # sbstore's TEST takes as long as the others' QC deploys
+    async with in_process_worker(ts_env, rm) as tq:
+        await (await release(ts_env, tq, INITIAL)).result()
+        before = {env: files(rm.env_dir(env)) for env in ("TEST", "QC")}
+        message = await failure_of(await release(ts_env, tq, HOTFIX))
+    assert "rolled back TEST to sbstore-1.0" in message, message
+    for env in ("TEST", "QC"):
+        assert files(rm.env_dir(env)) == before[env], env
