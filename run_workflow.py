@@ -768,7 +768,9 @@ async def main(argv: list[str]) -> int:
 def stopped_waiting(argv: list[str]) -> None:
     """What Ctrl+C leaves behind: the release goes on without this process."""
     args = parse_args(argv)
-    if args.command in ("start", "cancel"):
+    if args.command == "rollback-env":
+        args.release_key = f"ROLLBACK-{args.env.upper()}-{args.container}"
+    if args.command in ("start", "cancel", "rollback-env"):
         show = script_command("run_workflow.py", "status", args.release_key)
         print(f"\nStopped waiting. The release goes on in Temporal; `{show}` shows it.")
 
