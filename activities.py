@@ -168,12 +168,14 @@ class ReleaseActivities:
         except (SimulatedFailure, ReleaseError, FailureError):
             raise  # transient, final by type name, or already Temporal's own
         except CommandCancelled:
-            raise CancelledError("the step's command was stopped: the step was cancelled") from None
+            if activity.is_cancelled():
+                raise CancelledError("the step's command was stopped: the step was cancelled") from None
+            # The worker is stopping (Ctrl+C): the step is not cancelled, and another worker retries it.
+            raise ApplicationError(f"{what}: the worker stopped while its command ran", type="WorkerStopped") from None
         except CommandError as e:
             # A step's command (commands.py): "try again" exit codes and timeouts retry, the rest is final.
-            raise ApplicationError(
-                clip(str(e), MESSAGE_MAX), type=type(e).__name__, non_retryable=not e.retryable
-            ) from None
+            message = clip(f"{what}: {e}", MESSAGE_MAX)
+            raise ApplicationError(message, type=type(e).__name__, non_retryable=not e.retryable) from None
         except OSError as e:
             where = e.filename if e.filename is not None else self.rm.workspace
             raise ApplicationError(

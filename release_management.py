@@ -23,7 +23,7 @@ from typing import Annotated, NamedTuple
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from commands import CommandFailed, StepCommand, StepCommands, placeholders_for, run_command
+from commands import CommandFailed, CommandRefused, StepCommand, StepCommands, placeholders_for, run_command
 from shared import (
     ARTIFACTORY,
     DEFAULT_CHECKS,
@@ -1126,6 +1126,7 @@ class ReleaseManagement:
             environments=[env],  # type: ignore[list-item]
             checks={env: catalog.checks(env)},  # type: ignore[dict-item]
             config={env: catalog.settings(env).config},  # type: ignore[dict-item]
+            commands=catalog.commands.model_dump(exclude_none=True) if catalog.commands else None,
         )
         return ReleaseInfo(
             release_key=key,
@@ -1152,6 +1153,8 @@ class ReleaseManagement:
             log = self.report_path(d, env, check).with_suffix(".log")
             try:
                 self._run(command, step, env, self.env_dir(env) / _artifact(d), log, progress, cancelled, check)
+            except CommandRefused:
+                raise  # nothing ran: a mistake in the catalog, not the check's verdict
             except CommandFailed as e:
                 return False, [str(e)]
             return True, []

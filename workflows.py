@@ -991,9 +991,10 @@ def _start_step(verb: str, step: StepInput, activity_id: str | None = None) -> w
         getattr(ReleaseActivities, verb),
         step,
         activity_id=activity_id,
-        # Steps heartbeat while they work, so a step whose worker died is
-        # retried after heartbeat_timeout, not after the whole start-to-close.
-        start_to_close_timeout=timedelta(minutes=30),
+        # Steps heartbeat while they work, so a step whose worker died is retried after
+        # heartbeat_timeout, whatever the start-to-close: that one only bounds a step that keeps
+        # heartbeating, such as a test running its checks' commands one after another.
+        start_to_close_timeout=timedelta(hours=24),
         heartbeat_timeout=timedelta(seconds=5),
         # Simulated faults and workspace errors a person can fix (permissions, a full
         # disk) retry with a capped backoff; bad input and bugs fail at once.
