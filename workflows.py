@@ -308,12 +308,12 @@ class ReleaseWorkflow:
         rolled back too when the failed one was. Raises the release's error."""
         assert self.stop_all is not None
         result, env, action = self.stop_all
-        settled = [result.settled or ""]
+        settled = [result.settled] if result.settled else [] if action == "rollback" else [f"left {env} as it is"]
         if action == "rollback":
             run_id = workflow.info().run_id
             for d in deploys:
-                if d.deploy_key == result.deploy_key:
-                    continue
+                if d.deploy_key == result.deploy_key and result.settled:
+                    continue  # rolled back already, by the person's decision
                 cells = next(x for x in self.state.deploys if x.deploy_key == d.deploy_key).cells
                 # That environment, and any the deploy reached but did not finish testing (its step in flight):
                 # nothing of this release stays where it was not verified. Latest first, one lock at a time.
@@ -526,16 +526,17 @@ class ReleaseWorkflow:
                     continue
                 action = "rollback"
             result = DeployResult(
-                deploy_key=d.deploy_key,
-                artifact=f"{d.container_id}-{d.version}",
-                environments=d.environments,
-                failed=failure,
-                settled=await self._rollback(d, step, by) if action == "rollback" else f"left {step.env} as it is",
+                deploy_key=d.deploy_key, artifact=f"{d.container_id}-{d.version}", environments=d.environments
             )
+            result.failed = failure
             if policy.all:
-                # The release goes no further: _run_deploys stops the others and settles them in step.env too.
+                # The release goes no further: the others stop first, then _run_deploys rolls back (for rollback)
+                # this deploy and what the others put in step.env or left untested, held rollback included.
+                if action == "rollback" and by is not None:
+                    result.settled = await self._rollback(d, step, by)
                 self.stop_all = (result, step.env, action)
                 raise ApplicationError(failure, type=getattr(cause, "type", None), non_retryable=True)
+            result.settled = await self._rollback(d, step, by) if action == "rollback" else f"left {step.env} as it is"
             return result
 
     async def _rollback(self, d: DeployInfo, step: StepInput, by: str | None) -> str:
