@@ -174,7 +174,8 @@ class ReleaseActivities:
             raise ApplicationError(f"{what}: the worker stopped while its command ran", type="WorkerStopped") from None
         except CommandError as e:
             # A step's command (commands.py): "try again" exit codes and timeouts retry, the rest is final.
-            message = clip(f"{what}: {e}", MESSAGE_MAX)
+            # A final one ends the release: its message names the step. A retried one is shown beside its step.
+            message = clip(f"{what}: {e}" if not e.retryable else str(e), MESSAGE_MAX)
             raise ApplicationError(message, type=type(e).__name__, non_retryable=not e.retryable) from None
         except OSError as e:
             where = e.filename if e.filename is not None else self.rm.workspace
