@@ -53,7 +53,10 @@ class LandingObserver:
 
     A landing is a rename into place or a close after writing; names starting with "." are
     temporary files (such as `.<name>.partial`) and are not counted. Folders created under a
-    watched folder are watched as they appear. Use as a context manager, or start() and stop().
+    watched folder are watched as they appear, hidden ones excepted: a hidden folder is a
+    temporary one (`.<name>.partial`, its files landing under their final path when it is renamed
+    into place) or one to watch by name (such as `environments/DEV/.rollback`). Use as a context
+    manager, or start() and stop().
     """
 
     def __init__(self, base: Path, folders: Iterable[str]) -> None:
@@ -172,7 +175,7 @@ class LandingObserver:
             return
         path = folder / name
         if mask & IN_ISDIR:
-            if mask & (IN_CREATE | IN_MOVED_TO):
+            if mask & (IN_CREATE | IN_MOVED_TO) and not name.startswith("."):
                 # Files may have landed in it before the watch: the scan counts them.
                 self._watch_tree(path, count_existing=True)
             return

@@ -35,8 +35,8 @@ FAULTS = [
     Fault(
         "build always rewrites its artifact",
         "release_management.py",
-        "        if applied:\n            atomic_write(artifact, content)",
-        "        if True:\n            atomic_write(artifact, content)",
+        "            if applied:\n                atomic_write(artifact, content)",
+        "            if True:\n                atomic_write(artifact, content)",
         ("tests/test_idempotency.py", "tests/test_release_management.py"),
     ),
     Fault(
@@ -49,9 +49,9 @@ FAULTS = [
     Fault(
         "an activity runs each step twice",
         "activities.py",
-        "            outcome = getattr(self.rm, verb)(step, attempt=attempt, progress=activity.heartbeat)\n",
-        "            getattr(self.rm, verb)(step, attempt=attempt, progress=activity.heartbeat)\n"
-        "            outcome = getattr(self.rm, verb)(step, attempt=attempt, progress=activity.heartbeat)\n",
+        "            outcome = getattr(self.rm, verb)(",
+        "            getattr(self.rm, verb)(step, attempt=attempt, progress=activity.heartbeat, cancelled=_cancelled)\n"
+        "            outcome = getattr(self.rm, verb)(",
         ("tests/test_idempotency.py", "tests/test_workflows.py"),
     ),
     Fault(
@@ -109,8 +109,8 @@ FAULTS = [
     Fault(
         "a test that failed its gate counts as a proof",
         "release_management.py",
-        '    if step == "test" and entry.get("passed", True) is True:\n',
-        '    if step == "test":\n',
+        'entry.get("env")), entry.get("passed", True) is True\n',
+        'entry.get("env")), True\n',
         ("tests/test_gates.py",),
     ),
     Fault(
@@ -123,14 +123,17 @@ FAULTS = [
     Fault(
         "the ledger's index learns no proofs",
         "release_management.py",
-        '            self.db.executemany("INSERT OR IGNORE INTO proofs VALUES (?)", ((k,) for k in proofs))\n',
+        "            self.db.executemany(\n"
+        '                "INSERT OR REPLACE INTO proofs VALUES (?, ?)", '
+        "((k, int(v)) for k, v in sorted(verdicts.items()))\n"
+        "            )\n",
         "",
         ("tests/test_gates.py",),
     ),
     Fault(
         "a retry runs the checks again instead of reading this run's verdict",
         "release_management.py",
-        "            verdict = _verdict(report, step.run_id)\n",
+        "            verdict = _verdict(report, step.run_id, step.retry)\n",
         "            verdict = None\n",
         ("tests/test_gates.py",),
     ),
@@ -158,9 +161,30 @@ FAULTS = [
     Fault(
         "a gate failure retried",
         "release_management.py",
-        "(UnknownRelease, CatalogError, MissingArtifact, InvalidStep, NotVerified, GateFailed)",
-        "(UnknownRelease, CatalogError, MissingArtifact, InvalidStep, NotVerified)",
+        "(UnknownRelease, CatalogError, MissingArtifact, InvalidStep, NotVerified, GateFailed, VerificationFailed)",
+        "(UnknownRelease, CatalogError, MissingArtifact, InvalidStep, NotVerified, VerificationFailed)",
         ("tests/test_release_management.py",),
+    ),
+    Fault(
+        "a health failure retried",
+        "release_management.py",
+        "NotVerified, GateFailed, VerificationFailed)",
+        "NotVerified, GateFailed)",
+        ("tests/test_gates.py",),
+    ),
+    Fault(
+        "the health check never runs",
+        "release_management.py",
+        "        for check in [*checks, HEALTH]:\n",
+        "        for check in checks:\n",
+        ("tests/test_gates.py",),
+    ),
+    Fault(
+        "a health failure raised as a gate failure",
+        "release_management.py",
+        "                error = VerificationFailed if check == HEALTH else GateFailed\n",
+        "                error = GateFailed\n",
+        ("tests/test_gates.py",),
     ),
     Fault(
         "promotion from DEV instead of the environment before",

@@ -46,7 +46,7 @@ from shared import ENVIRONMENTS
 from tests.conftest import REPO, ProofLines, installed_binary
 from tests.observer import LandingObserver
 from tests.support import WorkerProcess, script_env, task_queue
-from tests.test_idempotency import CHECKS
+from tests.test_idempotency import REPORTED
 from utils import EXIT_CODE
 from workflows import RELEASE_KEY, RELEASE_STATUS
 
@@ -120,8 +120,14 @@ def test_observer_sees_a_file_landing_twice(tmp_path: Path) -> None:
         (out / "sub").mkdir()  # a folder that appears while watching
         _write_atomically(out / "sub" / "c", b"1")
         (out / "d").write_bytes(b"written in place")
+        # A folder filled under a hidden name, then renamed into place (as a deploy keeps what it replaces):
+        # its files land once, under their final path.
+        (out / ".kept.partial").mkdir()
+        _write_atomically(out / ".kept.partial" / "e", b"1")
+        (out / ".kept.partial" / "f").write_bytes(b"written in place")
+        os.rename(out / ".kept.partial", out / "kept")
     assert observer.problem is None
-    assert observer.counts() == {"out/a": 2, "out/sub/c": 1, "out/d": 1}
+    assert observer.counts() == {"out/a": 2, "out/sub/c": 1, "out/d": 1, "out/kept/e": 1, "out/kept/f": 1}
 
 
 @pytest.mark.slow(90)
@@ -217,7 +223,8 @@ async def test_release_survives_worker_kills_and_a_server_restart(
     landed = observer.counts()
     artifacts = [f"artifactory/{a}" for a in ARTIFACTS]
     artifacts += [f"environments/{e}/{a}" for e in ENVIRONMENTS for a in ARTIFACTS]
-    reports = [f"artifactory/reports/{a}/{e}-{c}.json" for a in ARTIFACTS for e in ENVIRONMENTS for c in CHECKS[e]]
+    # A report per quality gate of each environment, and one of the health check that follows them.
+    reports = [f"artifactory/reports/{a}/{e}-{c}.json" for a in ARTIFACTS for e in ENVIRONMENTS for c in REPORTED[e]]
     configs = [f"environments/{e}/config/{a.rsplit('-', 1)[0]}.json" for e in ENVIRONMENTS for a in ARTIFACTS]
     twice = {path: n for path, n in sorted(landed.items()) if n > 1}
     never = [path for path in artifacts + reports + configs if path not in landed]
@@ -243,7 +250,14 @@ async def test_release_survives_worker_kills_and_a_server_restart(
     # The ledger's own claim: every execution recorded, exactly one of them applied per step.
     lines = [json.loads(line) for line in ledger.read_text().splitlines() if line.strip()]
     executions = [e for e in lines if e["step"] in STEPS]
-    assert len({e["run_id"] for e in executions}) == 1
+    (run_id,) = {e["run_id"] for e in executions}
+    # Each deploy kept what its environment held before it, once: nothing, since they were empty
+    # (a worker dying mid-keep may leave a hidden partial folder; what was renamed into place counts).
+    for name in ENVIRONMENTS:
+        kept = workspace / "environments" / name / ".rollback" / run_id
+        containers = sorted(p.name for p in kept.iterdir() if not p.name.startswith("."))
+        assert containers == [a.rsplit("-", 1)[0] for a in ARTIFACTS], f"{name} (seed {seed})"
+        assert [p for c in containers for p in (kept / c).iterdir()] == [], f"{name} (seed {seed})"
     applied = Counter(_identity(e) for e in executions if e.get("applied") is True)
     # One build per container, one deploy and one test per container and environment.
     steps = len(ARTIFACTS) * (1 + 2 * len(ENVIRONMENTS))

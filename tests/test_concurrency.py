@@ -31,6 +31,24 @@ def overlaps(spans: list[tuple[datetime, datetime]]) -> list[tuple[datetime, dat
     return [b for a, b in zip(ordered, ordered[1:], strict=False) if b[0] < a[1]]
 
 
+def assert_each_kept_what_the_one_before_left(folder: Path, deploys: list[dict], container: str) -> None:
+    """Each applied deploy of container into folder's environment, in turn, kept (for a rollback) the pair the
+    deploy before it left there, nothing for the first: no deploy ever saw another half-way."""
+    applied = sorted((e for e in deploys if e["applied"]), key=lambda e: e["at"])
+    for before, e in zip([None, *applied], applied, strict=False):
+        kept = folder / ".rollback" / str(e["run_id"]) / container
+        names = sorted(p.name for p in kept.iterdir())
+        if before is None:
+            assert names == [], f"{kept}: {names}"
+            continue
+        assert names == sorted(["config.json", f"{container}-{before['version']}"]), f"{kept}: {names}"
+        config = json.loads((kept / "config.json").read_bytes())
+        assert (config["artifact"], config["release_key"]) == (
+            f"{container}-{before['version']}",
+            before["release_key"],
+        )
+
+
 def spans(entries: list[dict], step: str, env: str, container: str) -> list[tuple[datetime, datetime]]:
     return [
         (datetime.fromisoformat(e["started_at"]), datetime.fromisoformat(e["at"]))
@@ -64,9 +82,10 @@ async def test_eight_releases_of_one_container_take_turns(dev_server: WorkflowEn
     deploys = sorted((e for e in entries if e["step"] == "deploy"), key=lambda e: e["at"])
     assert len([e for e in deploys if e["applied"]]) == 8
     assert overlaps(spans(entries, "deploy", "DEV", "frontend")) == []
-    # DEV holds one version: the one the last deploy put there.
+    # DEV holds one version: the one the last deploy put there (and, hidden, what each deploy replaced).
     dev = sorted(p.name for p in (tmp_path / "environments" / "DEV").iterdir())
-    assert dev == ["config", f"frontend-{deploys[-1]['version']}"]
+    assert dev == [".rollback", "config", f"frontend-{deploys[-1]['version']}"]
+    assert_each_kept_what_the_one_before_left(tmp_path / "environments" / "DEV", deploys, "frontend")
     # Its configuration is the last deploy's too: the writes of two deploys never interleaved.
     config = json.loads((tmp_path / "environments" / "DEV" / "config" / "frontend.json").read_bytes())
     assert (config["artifact"], config["release_key"]) == (
@@ -103,10 +122,12 @@ async def test_releases_of_the_same_containers_to_prod_all_succeed(
     entries = Ledger(tmp_path / "ledger.jsonl").entries()
     for name in envs:
         folder = tmp_path / "environments" / name
-        held = sorted(p.name for p in folder.iterdir() if p.name != "config")
+        held = sorted(p.name for p in folder.iterdir() if p.name not in ("config", ".rollback"))
         assert len(held) == 3, f"{name} holds {held}"
         for container in CONTAINERS:
             assert overlaps(spans(entries, "deploy", name, container)) == [], f"{name}/{container}"
+            deploys = [e for e in entries if e["step"] == "deploy" and e["env"] == name and e["container"] == container]
+            assert_each_kept_what_the_one_before_left(folder, deploys, container)
             last = max(
                 (e for e in entries if e["step"] == "deploy" and e["env"] == name and e["container"] == container),
                 key=lambda e: e["at"],

@@ -42,7 +42,8 @@ def contents(workspace: Path, env: str) -> list[str]:
     folder = workspace / "environments" / env
     if not folder.exists():
         return []
-    held = sorted(p.name for p in folder.iterdir() if p.name != "config")
+    # Hidden: .rollback, where each deploy keeps what it replaces.
+    held = sorted(p.name for p in folder.iterdir() if p.name != "config" and not p.name.startswith("."))
     configs = {p.name: json.loads(p.read_bytes()) for p in (folder / "config").iterdir()}
     assert {name: (c["artifact"], c["environment"]) for name, c in configs.items()} == {
         f"{artifact.rsplit('-', 1)[0]}.json": (artifact, env) for artifact in held
@@ -71,7 +72,20 @@ async def test_six_releases_in_order_leave_the_environments_as_the_table_says(se
     finally:
         stopped = worker.stop_quietly()  # an assert here would hide the failure that brought us here
     assert stopped == 0, (tmp_path / "worker.log").read_text()
-    assert max(int(str(e["attempt"])) for e in Ledger(tmp_path / "ledger.jsonl").entries()) > 1  # steps were retried
+    entries = Ledger(tmp_path / "ledger.jsonl").entries()
+    assert max(int(str(e["attempt"])) for e in entries) > 1  # steps were retried
+    # Every run that deployed into an environment kept there what it replaced, per container: the last
+    # (INITIAL again) the ALPHA versions, with the configuration that went with them.
+    for name, before in EXPECTED[-2][1].items():
+        kept = tmp_path / "environments" / name / ".rollback"
+        runs = [e["run_id"] for e in entries if e["step"] == "deploy" and e["env"] == name]
+        assert sorted(p.name for p in kept.iterdir()) == sorted(set(runs)), name
+        last = kept / str(runs[-1])
+        held = sorted(a.name for c in last.iterdir() for a in c.iterdir() if a.name != "config.json")
+        assert held == files(before), name
+        for container in last.iterdir():
+            config = json.loads((container / "config.json").read_bytes())
+            assert (config["container"], config["environment"]) == (container.name, name)
     assert "Worker stopped." in (tmp_path / "worker.log").read_text()
     assert "Traceback" not in (tmp_path / "worker.log").read_text()
 

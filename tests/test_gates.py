@@ -30,9 +30,10 @@ from release_management import (
     Ledger,
     NotVerified,
     ReleaseManagement,
+    VerificationFailed,
     render_config,
 )
-from shared import ENVIRONMENTS, Settings, StepInput, parse_failing_checks
+from shared import ENVIRONMENTS, HEALTH, Settings, StepInput, parse_failing_checks
 from tests.conftest import CATALOG, REPO, target_of
 from tests.observer import LandingObserver
 from tests.support import WorkerProcess, run_python, run_script, script_env, stopped_at_the_end, task_queue
@@ -204,9 +205,14 @@ def test_a_gate_failure_is_reported_recorded_and_final_for_the_run(tmp_path: Pat
         "artifactory/reports/sbstore-1.0/QC-security.json": 1,
     }
     assert first.counts() == landed
-    # The check after the failed one was never run: no report of it.
-    assert sorted(reports.iterdir()) == [
-        reports / n for n in ("DEV-unit.json", "QC-performance.json", "QC-security.json", "TEST-integration.json")
+    # The check after the failed one was never run, nor the health check: no report of them.
+    assert sorted(p.name for p in reports.iterdir()) == [
+        "DEV-health.json",
+        "DEV-unit.json",
+        "QC-performance.json",
+        "QC-security.json",
+        "TEST-health.json",
+        "TEST-integration.json",
     ]
     failed = json.loads((reports / "QC-security.json").read_bytes())
     assert failed.pop("started_at") <= failed.pop("finished_at")
@@ -242,7 +248,7 @@ def test_a_gate_failure_is_reported_recorded_and_final_for_the_run(tmp_path: Pat
     # Another run checks again, from the first check on, and its verdict replaces the reports.
     again = qc.model_copy(update={"run_id": "run-2"})
     assert rm.test(again).applied
-    for name in ("QC-performance.json", "QC-security.json", "QC-soak.json"):
+    for name in ("QC-performance.json", "QC-security.json", "QC-soak.json", "QC-health.json"):
         body = json.loads((reports / name).read_bytes())
         assert (body["run_id"], body["passed"], body["findings"]) == ("run-2", True, [])
     last = lines_of(rm, "test", "QC", "sbstore")[-1]
@@ -270,26 +276,165 @@ def test_a_passing_test_records_its_checks_and_a_retry_runs_none_again(
     ran: list[str] = []
     real = rm._check
 
-    def counted(d: object, env: str, check: str) -> tuple[bool, list[str]]:
+    def counted(d: object, env: str, check: str, *rest: Any) -> tuple[bool, list[str]]:
         ran.append(check)
-        return real(d, env, check)  # type: ignore[arg-type]
+        return real(d, env, check, *rest)  # type: ignore[arg-type]
 
     monkeypatch.setattr(rm, "_check", counted)
     assert rm.test(qc, attempt=1).applied
     assert not rm.test(qc, attempt=2).applied
-    assert ran == ["performance", "security"]
+    assert ran == ["performance", "security", "health"]
     lines = [(e["attempt"], e["applied"], e["passed"], e["checks"]) for e in lines_of(rm, "test", "QC", "frontend")]
     assert lines == [(1, True, True, ["performance", "security"]), (2, False, True, ["performance", "security"])]
     assert rm.ledger.verified("frontend", "1.0", "QC")
 
 
-def test_an_environment_without_checks_tests_nothing_and_passes(tmp_path: Path) -> None:
+def test_an_environment_without_checks_runs_only_its_health_check_and_passes(tmp_path: Path) -> None:
     rm = gated(tmp_path, [], set())
     qc = through(rm, INITIAL, "frontend", ["DEV", "TEST", "QC"])
-    assert not list((tmp_path / "ws" / "artifactory" / "reports" / "frontend-1.0").glob("QC-*"))
+    reports = tmp_path / "ws" / "artifactory" / "reports" / "frontend-1.0"
+    assert [p.name for p in reports.glob("QC-*")] == ["QC-health.json"]
+    assert json.loads((reports / "QC-health.json").read_bytes())["passed"] is True
     (line,) = lines_of(rm, "test", "QC", "frontend")
     assert (line["passed"], line["checks"]) == (True, [])
     assert rm.deploy(qc.model_copy(update={"env": "PROD"})).applied
+
+
+# --- the health check that follows every environment's checks -----------------------------------------------
+
+
+def test_every_environment_runs_its_health_check_after_its_checks(
+    rm: ReleaseManagement, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert HEALTH == "health"
+    s = step_of(rm, INITIAL, "frontend", "DEV")
+    ran: list[tuple[str, str]] = []
+    real = rm._check
+
+    def counted(d: object, env: str, check: str, *rest: Any) -> tuple[bool, list[str]]:
+        ran.append((env, check))
+        return real(d, env, check, *rest)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(rm, "_check", counted)
+    through(rm, INITIAL, "frontend", list(ENVIRONMENTS))
+    assert ran == [
+        ("DEV", "unit"),
+        ("DEV", "health"),
+        ("TEST", "integration"),
+        ("TEST", "health"),
+        ("QC", "performance"),
+        ("QC", "security"),
+        ("QC", "health"),
+        ("PROD", "smoke"),
+        ("PROD", "health"),
+    ]
+    reports = tmp_path / "artifactory" / "reports" / "frontend-1.0"
+    for env in ENVIRONMENTS:
+        health = json.loads((reports / f"{env}-health.json").read_bytes())
+        assert health.pop("started_at") <= health.pop("finished_at")
+        assert health == {
+            "container": "frontend",
+            "version": "1.0",
+            "environment": env,
+            "check": "health",
+            "passed": True,
+            "findings": [],
+            "release_key": INITIAL,
+            "run_id": s.run_id,
+        }
+    # The ledger's test lines name the catalog's checks; the health check follows them all.
+    lines = [(e["env"], e["passed"], e["checks"]) for e in rm.ledger.entries() if e["step"] == "test"]
+    assert lines == [
+        ("DEV", True, ["unit"]),
+        ("TEST", True, ["integration"]),
+        ("QC", True, ["performance", "security"]),
+        ("PROD", True, ["smoke"]),
+    ]
+
+
+def test_a_health_failure_is_reported_recorded_and_final_for_the_run(tmp_path: Path) -> None:
+    rm = ReleaseManagement(tmp_path, CATALOG, failing_checks=frozenset({("sbstore-1.8", "QC", "health")}))
+    promote(rm, ALPHA_DEV)
+    qc = step_of(rm, ALPHA_QC, "sbstore", "TEST")
+    rm.deploy(qc)
+    rm.test(qc)
+    qc = qc.model_copy(update={"env": "QC"})
+    rm.deploy(qc)
+    reports = tmp_path / "artifactory" / "reports" / "sbstore-1.8"
+    message = "^sbstore-1.8 failed health in QC: FAILING_CHECKS names sbstore-1.8:QC:health$"
+    with LandingObserver(tmp_path, ["artifactory/reports/sbstore-1.8"]) as first:
+        with pytest.raises(VerificationFailed, match=message) as err:
+            rm.test(qc, attempt=1)
+    assert type(err.value).__name__ == "VerificationFailed" and "VerificationFailed" in NON_RETRYABLE_ERRORS
+    assert not isinstance(err.value, GateFailed)
+    # The quality gates ran and passed first; the health check after them, once.
+    assert first.problem is None
+    assert first.counts() == {
+        f"artifactory/reports/sbstore-1.8/QC-{c}.json": 1 for c in ("performance", "security")
+    } | {"artifactory/reports/sbstore-1.8/QC-health.json": 1}
+    for check in ("performance", "security"):
+        assert json.loads((reports / f"QC-{check}.json").read_bytes())["passed"] is True
+    failed = json.loads((reports / "QC-health.json").read_bytes())
+    assert failed.pop("started_at") <= failed.pop("finished_at")
+    assert failed == {
+        "container": "sbstore",
+        "version": "1.8",
+        "environment": "QC",
+        "check": "health",
+        "passed": False,
+        "findings": ["FAILING_CHECKS names sbstore-1.8:QC:health"],
+        "release_key": ALPHA_QC,
+        "run_id": "run-1",
+    }
+    (line,) = lines_of(rm, "test", "QC", "sbstore")
+    assert (line["attempt"], line["applied"], line["passed"], line["failed_check"]) == (1, True, False, "health")
+    assert "checks" not in line and "retry" not in line
+    before = report_files(reports)
+
+    # A retry of the same run: the verdict stands, even were the check to pass now; nothing is written.
+    rm.failing_checks = frozenset()
+    with LandingObserver(tmp_path, ["artifactory/reports/sbstore-1.8"]) as retry:
+        with pytest.raises(VerificationFailed, match=message):
+            rm.test(qc, attempt=2)
+    assert retry.problem is None and retry.counts() == {}
+    assert report_files(reports) == before
+    tests = [
+        (e["attempt"], e["applied"], e["passed"], e["failed_check"]) for e in lines_of(rm, "test", "QC", "sbstore")
+    ]
+    assert tests == [(1, True, False, "health"), (2, False, False, "health")]
+    # Not verified in QC: PROD refuses it; QC keeps what failed there (rolling back is the workflow's to decide).
+    assert not rm.ledger.verified("sbstore", "1.8", "QC")
+    prod = step_of(rm, ALPHA_PROD, "sbstore", "PROD")
+    with pytest.raises(NotVerified, match="^cannot deploy sbstore 1.8 to PROD: it never passed its tests in QC$"):
+        rm.deploy(prod)
+    assert "sbstore-1.8" in rm.contents("QC") and "sbstore-1.8" not in rm.contents("PROD")
+
+
+def test_a_person_asked_retry_runs_every_check_anew_and_is_a_step_of_its_own(tmp_path: Path) -> None:
+    rm = gated(tmp_path, ["performance", "security"], {("sbstore-1.0", "QC", "health")})
+    reports = tmp_path / "ws" / "artifactory" / "reports" / "sbstore-1.0"
+    qc = through(rm, INITIAL, "sbstore", ["DEV", "TEST"]).model_copy(update={"env": "QC"})
+    rm.deploy(qc)
+    with pytest.raises(VerificationFailed):
+        rm.test(qc)
+    first = report_files(reports)
+    # A fix made outside, then a person's retry: the same run, a new try; every check of QC runs again.
+    rm.failing_checks = frozenset()
+    again = qc.model_copy(update={"retry": 1})
+    assert rm.test(again, attempt=1).applied
+    for check in ("performance", "security", "health"):
+        body = json.loads((reports / f"QC-{check}.json").read_bytes())
+        assert (body["run_id"], body["retry"], body["passed"]) == ("run-1", 1, True), check
+        assert report_files(reports)[f"QC-{check}.json"] != first[f"QC-{check}.json"], check
+    # Temporal's retry of that try keeps its verdicts, and the try before keeps its own line.
+    rm.failing_checks = frozenset({("sbstore-1.0", "QC", "security")})
+    assert not rm.test(again, attempt=2).applied
+    tests = [(e.get("retry"), e["attempt"], e["applied"], e["passed"]) for e in lines_of(rm, "test", "QC", "sbstore")]
+    assert tests == [(None, 1, True, False), (1, 1, True, True), (1, 2, False, True)]
+    assert rm.ledger.verified("sbstore", "1.0", "QC")
+    # A report of another try of this run is not its verdict: the first try, run again, checks again.
+    with pytest.raises(GateFailed, match="^sbstore-1.0 failed security in QC: "):
+        rm.test(qc, attempt=3)
 
 
 # --- FAILING_CHECKS ----------------------------------------------------------------------------------------
@@ -304,6 +449,11 @@ def test_failing_checks_are_parsed() -> None:
     }
     # A container id may hold dashes: the version is what follows the last one.
     assert parse_failing_checks("back-end-2.0:PROD:smoke") == {("back-end-2.0", "PROD", "smoke")}
+    # The health check after every environment's checks is named like one.
+    assert parse_failing_checks("sbstore-1.8:qc:health, sbstore-1.8:QC:security") == {
+        ("sbstore-1.8", "QC", "health"),
+        ("sbstore-1.8", "QC", "security"),
+    }
 
 
 FORM = "is not <container>-<version>:<ENV>:<check> (say sbstore-1.8:QC:security)"
@@ -677,6 +827,7 @@ def write_catalog(
 
 
 ENVS = "the environments are DEV, TEST, QC, PROD"
+HEALTH_TAKEN = "'health' is the health check that follows every environment's checks: name yours otherwise"
 
 
 @pytest.mark.parametrize(
@@ -695,6 +846,11 @@ ENVS = "the environments are DEV, TEST, QC, PROD"
             "at most 40, first a letter",
         ),
         ({"QC": {"checks": ["soak", "soak"]}}, "environments.QC.checks: check 'soak' is named twice"),
+        ({"QC": {"checks": ["health"]}}, f"environments.QC.checks: {HEALTH_TAKEN}"),
+        (
+            {"PROD": {"checks": ["smoke"]}, "QC": {"checks": ["security", "health"]}},
+            f"environments.QC.checks: {HEALTH_TAKEN}",
+        ),
         (
             {"QC": {"checks": [f"c{i}" for i in range(11)]}},
             "environments.QC.checks: List should have at most 10 items after validation, not 11",
@@ -742,6 +898,8 @@ ENVS = "the environments are DEV, TEST, QC, PROD"
         "check-blank",
         "check-invalid",
         "check-twice",
+        "check-health",
+        "check-health-second",
         "checks-too-many",
         "config-key",
         "config-too-many",
@@ -829,10 +987,14 @@ def test_a_deploy_gathered_before_quality_gates_runs_the_default_checks(rm: Rele
         assert config_of(tmp_path, env, "frontend")["values"] == {}
     reports = sorted(p.name for p in (tmp_path / "artifactory" / "reports" / "frontend-1.0").iterdir())
     assert reports == [
+        "DEV-health.json",
         "DEV-unit.json",
+        "PROD-health.json",
         "PROD-smoke.json",
+        "QC-health.json",
         "QC-performance.json",
         "QC-security.json",
+        "TEST-health.json",
         "TEST-integration.json",
     ]
     assert (

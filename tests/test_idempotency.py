@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import json
+import os
 import subprocess
 import sys
 import uuid
@@ -26,7 +27,7 @@ import release_management
 import run_worker
 from activities import ReleaseActivities
 from release_management import ReleaseManagement
-from shared import ENVIRONMENTS, ReleaseInfo, Settings, StepInput
+from shared import ENVIRONMENTS, HEALTH, ReleaseInfo, Settings, StepInput
 from tests.conftest import CATALOG, REPO
 from tests.observer import LandingObserver
 from tests.support import in_process_worker
@@ -47,6 +48,8 @@ WATCHED = [
 STEPS = len(ARTIFACTS) * (1 + 2 * len(ENVIRONMENTS))
 # The quality gates releases.json sets for each environment: a report per check.
 CHECKS = {"DEV": ["unit"], "TEST": ["integration"], "QC": ["performance", "security"], "PROD": ["smoke"]}
+# And after them, in every environment, the health check: a report of its own.
+REPORTED = {env: [*checks, HEALTH] for env, checks in CHECKS.items()}
 
 
 def expected_landings() -> dict[str, int]:
@@ -54,7 +57,7 @@ def expected_landings() -> dict[str, int]:
     paths = [f"artifactory/{a}" for a in ARTIFACTS]
     paths += [f"environments/{e}/{a}" for e in ENVIRONMENTS for a in ARTIFACTS]
     paths += [f"environments/{e}/config/{a.rsplit('-', 1)[0]}.json" for e in ENVIRONMENTS for a in ARTIFACTS]
-    paths += [f"artifactory/reports/{a}/{e}-{c}.json" for a in ARTIFACTS for e in ENVIRONMENTS for c in CHECKS[e]]
+    paths += [f"artifactory/reports/{a}/{e}-{c}.json" for a in ARTIFACTS for e in ENVIRONMENTS for c in REPORTED[e]]
     return dict.fromkeys(paths, 1)
 
 
@@ -63,10 +66,11 @@ def test_the_expected_checks_are_the_catalogs() -> None:
     assert {env: catalog.checks(env) for env in ENVIRONMENTS} == CHECKS
 
 
-def watch(workspace: Path) -> LandingObserver:
+def watch(workspace: Path, *hidden: str) -> LandingObserver:
+    """Watch every folder a step writes into, and the hidden folders named (which must exist)."""
     for folder in WATCHED:
         (workspace / folder).mkdir(parents=True, exist_ok=True)
-    return LandingObserver(workspace, WATCHED)
+    return LandingObserver(workspace, [*WATCHED, *hidden])
 
 
 def landed(observer: LandingObserver) -> dict[str, int]:
@@ -86,12 +90,12 @@ class Crash(Exception):
     """The process dying at this point, as seen by the code that was running."""
 
 
-def steps_of(rm: ReleaseManagement, key: str = KEY) -> list[tuple[Callable[..., object], StepInput]]:
+def steps_of(rm: ReleaseManagement, key: str = KEY, run_id: str = RUN) -> list[tuple[Callable[..., object], StepInput]]:
     """Each step of a release in an order that works: per deploy, build, then deploy and test per environment."""
     order = []
     for deploy in rm.gather_deployments(key).deploys:
         for env in deploy.environments:
-            s = StepInput(release_key=key, run_id=RUN, deploy=deploy, env=env)
+            s = StepInput(release_key=key, run_id=run_id, deploy=deploy, env=env)
             order += ([(rm.build, s)] if env == "DEV" else []) + [(rm.deploy, s), (rm.test, s)]
     return order
 
@@ -120,6 +124,48 @@ def test_a_step_run_again_after_its_effect_or_its_ledger_line_applies_nothing_tw
     lines = step_lines(rm)
     assert len(lines) == STEPS
     assert set(map(tuple, lines.values())) == {((2, True), (3, False))}
+
+
+def test_a_deploy_run_again_after_its_effect_keeps_what_its_environment_held_once(tmp_path: Path) -> None:
+    """HOTFIX-STAGE over INITIAL: each deploy keeps the pair it replaces, once, however often it runs."""
+    hotfix = "RELEASE-NOV-23-HOTFIX-STAGE"
+    rm = ReleaseManagement(tmp_path, CATALOG)
+    for run, s in steps_of(rm, KEY, "initial"):
+        run(s)
+    before = {
+        env: {c: ((tmp_path / "environments" / env / a).read_bytes(), rm.config_path(env, c).read_bytes())
+              for a in ARTIFACTS for c in [a.rsplit("-", 1)[0]]}
+        for env in ("DEV", "TEST", "QC")
+    }  # fmt: skip
+
+    def crash_once_the_effect_is_in_place(verb: str, step: StepInput, attempt: int) -> None:
+        if attempt == 1:
+            raise Crash(f"{verb} died after its effect")
+
+    rm.after_effect = crash_once_the_effect_is_in_place
+    kept = [f"environments/{env}/.rollback" for env in ENVIRONMENTS]
+    with watch(tmp_path, *kept) as observer:
+        for run, s in steps_of(rm, hotfix, RUN):
+            with pytest.raises(Crash):
+                run(s, attempt=1)
+            assert run(s, attempt=2).applied
+            assert not run(s, attempt=3).applied
+    landings = landed(observer)
+    keepsakes = {path: n for path, n in landings.items() if "/.rollback/" in path}
+    assert keepsakes == {
+        f"environments/{env}/.rollback/{RUN}/{a.rsplit('-', 1)[0]}/{name}": 1
+        for env in ("DEV", "TEST", "QC")
+        for a in ARTIFACTS
+        for name in (a, "config.json")
+    }
+    for env, pairs in before.items():
+        for container, (artifact, config) in pairs.items():
+            folder = tmp_path / "environments" / env / ".rollback" / RUN / container
+            assert (folder / f"{container}-1.0").read_bytes() == artifact, (env, container)
+            assert (folder / "config.json").read_bytes() == config, (env, container)
+    # The rest landed once each too; PROD, not in HOTFIX-STAGE, kept nothing.
+    assert set(landings.values()) == {1}
+    assert not (tmp_path / "environments" / "PROD" / ".rollback" / RUN).exists()
 
 
 def test_a_clean_run_of_the_steps_lands_each_effect_once(tmp_path: Path) -> None:
@@ -301,36 +347,109 @@ def crash(*args: object) -> None:
     raise OSError(errno.EIO, "simulated crash")
 
 
+def crash_writing(at: str, folder: str, name: str) -> Callable[..., object]:
+    """os.fsync or os.replace (at) failing only for the write of `name` into a folder whose path ends with folder:
+    a crash or a full disk striking that write, the writes before it done."""
+    real = getattr(os, at)
+
+    def written(path: str) -> bool:
+        tmp = Path(path)
+        return tmp.parent.as_posix().endswith(folder) and tmp.name.startswith(f".{name}.")
+
+    def struck(*args: object, **kwargs: object) -> object:
+        fd_or_src = args[0]
+        path = os.readlink(f"/proc/self/fd/{fd_or_src}") if isinstance(fd_or_src, int) else os.fspath(fd_or_src)
+        if written(str(path)):
+            crash()
+        return real(*args, **kwargs)
+
+    return struck
+
+
+def upgrade(rm: ReleaseManagement) -> StepInput:
+    """frontend 1.0 built, deployed to DEV and tested there; ALPHA-DEV's frontend 1.2 built, by another run."""
+    for run, s in steps_of(rm)[:3]:
+        run(s)
+    new = next(d for d in rm.gather_deployments("RELEASE-JAN-24-ALPHA-DEV").deploys if d.container_id == "frontend")
+    s = StepInput(release_key="RELEASE-JAN-24-ALPHA-DEV", run_id="run-2", deploy=new, env="DEV")
+    rm.build(s)
+    return s
+
+
+def kept(dev: Path) -> dict[str, bytes]:
+    """What run-2's deploy of frontend kept of DEV: what a rollback would give back."""
+    return {p.name: p.read_bytes() for p in sorted((dev / ".rollback" / "run-2" / "frontend").iterdir())}
+
+
 @pytest.mark.parametrize("at", ["fsync", "replace"])
 def test_a_crash_while_deploying_a_new_version_leaves_the_old_one_whole(
     rm: ReleaseManagement, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, at: str
 ) -> None:
-    for run, s in steps_of(rm)[:3]:  # frontend 1.0: built, deployed to DEV and tested there
-        run(s)
-    new = next(d for d in rm.gather_deployments("RELEASE-JAN-24-ALPHA-DEV").deploys if d.container_id == "frontend")
-    s = StepInput(release_key="RELEASE-JAN-24-ALPHA-DEV", run_id=RUN, deploy=new, env="DEV")
-    rm.build(s)
+    s = upgrade(rm)
     dev = tmp_path / "environments" / "DEV"
     old = (dev / "frontend-1.0").read_bytes()
+    old_config = (dev / "config" / "frontend.json").read_bytes()
     lines = len(rm.ledger.entries())
-    with watch(tmp_path) as observer:
+    # Counted once the writer is done (stop() reads every event queued): an observer per attempt.
+    with watch(tmp_path, "environments/DEV/.rollback") as crashed:
         with monkeypatch.context() as m:
             # The write of frontend-1.2 fails before it is in place, as a crash or a full disk would.
-            m.setattr(release_management.os, at, crash)
+            m.setattr(release_management.os, at, crash_writing(at, "/environments/DEV", "frontend-1.2"))
             with pytest.raises(OSError, match="simulated crash"):
                 rm.deploy(s)
-        assert sorted(p.name for p in dev.iterdir()) == ["config", "frontend-1.0"], "half-written, or a temporary file"
-        assert (dev / "frontend-1.0").read_bytes() == old
-        # The configuration still goes with the version in place, and nothing else is in its folder.
-        assert [p.name for p in (dev / "config").iterdir()] == ["frontend.json"]
-        assert json.loads((dev / "config" / "frontend.json").read_bytes())["artifact"] == "frontend-1.0"
-        assert len(rm.ledger.entries()) == lines
-        # Nothing landed under the target's name, even for a moment: never half-written in place.
-        assert landed(observer) == {}
+    assert sorted(p.name for p in dev.iterdir()) == [".rollback", "config", "frontend-1.0"], (
+        "half-written, or a temporary file"
+    )
+    assert (dev / "frontend-1.0").read_bytes() == old
+    # The configuration still goes with the version in place, and nothing else is in its folder.
+    assert [p.name for p in (dev / "config").iterdir()] == ["frontend.json"]
+    assert json.loads((dev / "config" / "frontend.json").read_bytes())["artifact"] == "frontend-1.0"
+    assert len(rm.ledger.entries()) == lines
+    # What DEV held was kept first, whole; nothing landed under the target's name, even for a moment.
+    assert kept(dev) == {"config.json": old_config, "frontend-1.0": old}
+    assert landed(crashed) == {
+        f"environments/DEV/.rollback/run-2/frontend/{n}": 1 for n in ("config.json", "frontend-1.0")
+    }
+    with watch(tmp_path, "environments/DEV/.rollback") as retried:
         assert rm.deploy(s, attempt=2).applied  # the retry, once the fault has passed
     assert rm.contents("DEV") == ["frontend-1.2"]
     assert json.loads((dev / "config" / "frontend.json").read_bytes())["artifact"] == "frontend-1.2"
-    assert landed(observer) == {"environments/DEV/frontend-1.2": 1, "environments/DEV/config/frontend.json": 1}
+    # The retry kept nothing again: what DEV held before the run, not what a first attempt left.
+    assert kept(dev) == {"config.json": old_config, "frontend-1.0": old}
+    assert landed(retried) == {"environments/DEV/frontend-1.2": 1, "environments/DEV/config/frontend.json": 1}
+
+
+@pytest.mark.parametrize("at", ["fsync", "replace"])
+@pytest.mark.parametrize("name", ["frontend-1.0", "config.json"])
+def test_a_crash_while_keeping_what_the_environment_held_changes_nothing_and_the_retry_keeps_it_whole(
+    rm: ReleaseManagement, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, at: str, name: str
+) -> None:
+    s = upgrade(rm)
+    dev = tmp_path / "environments" / "DEV"
+    before = {p.name: p.read_bytes() for p in dev.iterdir() if p.is_file()}
+    old_config = (dev / "config" / "frontend.json").read_bytes()
+    lines = len(rm.ledger.entries())
+    with watch(tmp_path, "environments/DEV/.rollback") as crashed:
+        with monkeypatch.context() as m:
+            m.setattr(release_management.os, at, crash_writing(at, ".partial", name))
+            with pytest.raises(OSError, match="simulated crash"):
+                rm.deploy(s)
+    # DEV untouched; nothing kept under its final name (a hidden partial folder may stay behind).
+    assert {p.name: p.read_bytes() for p in dev.iterdir() if p.is_file()} == before
+    assert (dev / "config" / "frontend.json").read_bytes() == old_config
+    assert [p.name for p in (dev / ".rollback" / "run-2").iterdir() if not p.name.startswith(".")] == []
+    assert len(rm.ledger.entries()) == lines
+    assert landed(crashed) == {}
+    with watch(tmp_path, "environments/DEV/.rollback") as retried:
+        assert rm.deploy(s, attempt=2).applied
+    assert kept(dev) == {"config.json": old_config, "frontend-1.0": before["frontend-1.0"]}
+    assert rm.contents("DEV") == ["frontend-1.2"]
+    assert landed(retried) == {
+        "environments/DEV/.rollback/run-2/frontend/config.json": 1,
+        "environments/DEV/.rollback/run-2/frontend/frontend-1.0": 1,
+        "environments/DEV/frontend-1.2": 1,
+        "environments/DEV/config/frontend.json": 1,
+    }
 
 
 def test_a_crash_while_replacing_a_report_leaves_the_old_report_whole(
@@ -346,4 +465,4 @@ def test_a_crash_while_replacing_a_report_leaves_the_old_report_whole(
         with pytest.raises(OSError, match="simulated crash"):
             rm.test(again)
     assert report.read_bytes() == old
-    assert sorted(p.name for p in report.parent.iterdir()) == ["DEV-unit.json"]
+    assert sorted(p.name for p in report.parent.iterdir()) == ["DEV-health.json", "DEV-unit.json"]

@@ -94,6 +94,30 @@ def test_record_unless_claimed_claims_an_effect_once(tmp_path: Path) -> None:
     assert ledger.record_unless_claimed(other_run) is True
 
 
+@pytest.mark.parametrize("index", [True, False], ids=["index", "whole-ledger"])
+def test_a_try_a_person_asked_for_is_a_claim_of_its_own(tmp_path: Path, index: bool) -> None:
+    """A line with retry > 0 (the hold policy's retry) is another step; lines without one keep their identity."""
+    ledger = Ledger(tmp_path / "ledger.jsonl")
+    if not index:
+        ledger.index.path.mkdir()  # no index to be had: the whole ledger answers
+    entry = {k: v for k, v in line(1).items() if k != "applied"}
+    assert identity_of(entry) == ("run-1", f"{KEY}:frontend", "deploy", "DEV")
+    assert identity_of({**entry, "retry": 0}) == identity_of(entry)
+    assert identity_of({**entry, "retry": 2}) == (*identity_of(entry), 2)
+    assert ledger.record_unless_claimed(entry) is True
+    assert ledger.record_unless_claimed({**entry, "retry": 1}) is True
+    assert ledger.record_unless_claimed({**entry, "retry": 1}) is False
+    assert ledger.record_unless_claimed({**entry, "retry": 2}) is True
+    assert ledger.record_unless_claimed(entry) is False
+    assert [(e.get("retry"), e["applied"]) for e in ledger.entries()] == [
+        (None, True),
+        (1, True),
+        (1, False),
+        (2, True),
+        (None, False),
+    ]
+
+
 def test_lines_written_before_applied_existed_count_as_applied(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path / "ledger.jsonl")
     old = {k: v for k, v in line(1).items() if k != "applied"}

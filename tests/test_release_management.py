@@ -23,6 +23,7 @@ from release_management import (
     NotVerified,
     ReleaseManagement,
     UnknownRelease,
+    VerificationFailed,
 )
 from shared import ApprovalRecord, DeployInfo, ReleaseInfo, StepInput, StepResult
 from tests.conftest import CATALOG
@@ -226,7 +227,10 @@ def test_the_test_step_writes_a_report_per_run(rm: ReleaseManagement, tmp_path: 
     rm.deploy(s)
     rm.test(s)
     path = tmp_path / "artifactory" / "reports" / "sbstore-1.0" / "DEV-unit.json"
-    assert sorted(p.name for p in path.parent.iterdir()) == ["DEV-unit.json"]
+    health = path.with_name("DEV-health.json")
+    # The catalog's check, then the health check that follows every environment's checks.
+    assert sorted(p.name for p in path.parent.iterdir()) == ["DEV-health.json", "DEV-unit.json"]
+    assert json.loads(health.read_text())["check"] == "health"
     report = json.loads(path.read_text())
     assert {k: v for k, v in report.items() if not k.endswith("_at")} == {
         "container": "sbstore",
@@ -239,16 +243,88 @@ def test_the_test_step_writes_a_report_per_run(rm: ReleaseManagement, tmp_path: 
         "run_id": RUN,
     }
     assert report["started_at"] <= report["finished_at"]
+    health_report = json.loads(health.read_text())
     rm.test(s, attempt=2)
     assert json.loads(path.read_text()) == report  # the same run's report stands
+    assert json.loads(health.read_text()) == health_report
     assert rm.test(s.model_copy(update={"run_id": "run-2"})).applied
     assert json.loads(path.read_text())["run_id"] == "run-2"
+    assert json.loads(health.read_text())["run_id"] == "run-2"
 
 
 def test_no_temporary_files_are_left_behind(rm: ReleaseManagement, tmp_path: Path) -> None:
     promote(rm, "RELEASE-NOV-23-INITIAL")
-    leftovers = [p for p in tmp_path.rglob(".*") if p.is_file()]
-    assert leftovers == []
+    promote(rm, "RELEASE-JAN-24-ALPHA-DEV", run="run-2")
+    # Hidden: only the folders in which deploys keep what an environment held before them.
+    hidden = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob(".*"))
+    assert hidden == [f"environments/{env}/.rollback" for env in ("DEV", "PROD", "QC", "TEST")]
+    assert [p for p in tmp_path.rglob("*") if p.name.endswith(".partial")] == []
+
+
+def kept(tmp_path: Path, env: str, run: str, container: str) -> dict[str, bytes]:
+    folder = tmp_path / "environments" / env / ".rollback" / run / container
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_a_deploy_keeps_what_its_environment_held_before_once_per_run(rm: ReleaseManagement, tmp_path: Path) -> None:
+    promote(rm, "RELEASE-NOV-23-INITIAL")
+    dev = tmp_path / "environments" / "DEV"
+    # INITIAL found every environment empty: it kept nothing, in a folder of its own per container.
+    for env in ("DEV", "TEST", "QC", "PROD"):
+        assert sorted(p.name for p in (tmp_path / "environments" / env / ".rollback" / RUN).iterdir()) == [
+            "backendforfrontend",
+            "frontend",
+            "sbstore",
+        ]
+        assert kept(tmp_path, env, RUN, "frontend") == {}
+    old = {
+        "frontend-1.0": (dev / "frontend-1.0").read_bytes(),
+        "config.json": (dev / "config/frontend.json").read_bytes(),
+    }
+    s = step(rm, "RELEASE-JAN-24-ALPHA-DEV", "frontend", "DEV", run="run-2")
+    rm.build(s)
+    assert rm.deploy(s).applied
+    assert kept(tmp_path, "DEV", "run-2", "frontend") == old
+    assert sorted(p.name for p in (dev / ".rollback" / "run-2").iterdir()) == ["frontend"]
+    # A retry of the deploy, DEV holding 1.2 by now, keeps what was there before the run, not what is.
+    assert not rm.deploy(s, attempt=2).applied
+    assert kept(tmp_path, "DEV", "run-2", "frontend") == old
+    # The kept copies are not what DEV holds: contents() leaves the hidden folder out.
+    assert rm.contents("DEV") == ["backendforfrontend-1.0", "frontend-1.2", "sbstore-1.0"]
+
+
+def test_a_rollback_gives_back_exactly_what_the_run_found_and_is_recorded(
+    rm: ReleaseManagement, tmp_path: Path
+) -> None:
+    promote(rm, "RELEASE-NOV-23-INITIAL")
+    dev = tmp_path / "environments" / "DEV"
+    before = {
+        "frontend-1.0": (dev / "frontend-1.0").read_bytes(),
+        "config": (dev / "config/frontend.json").read_bytes(),
+    }
+    s = step(rm, "RELEASE-JAN-24-ALPHA-DEV", "frontend", "DEV", run="run-2")
+    rm.build(s)
+    rm.deploy(s)
+    assert rm.rollback(s, by="alice") == ("frontend-1.0", True)
+    assert rm.contents("DEV") == ["backendforfrontend-1.0", "frontend-1.0", "sbstore-1.0"]
+    assert (dev / "frontend-1.0").read_bytes() == before["frontend-1.0"]
+    assert (dev / "config/frontend.json").read_bytes() == before["config"]
+    assert rm.rollback(s, attempt=2, by="alice") == ("frontend-1.0", False)
+    lines = [e for e in rm.ledger.entries() if e["step"] == "rollback"]
+    assert [(e["env"], e["version"], e["attempt"], e["applied"], e["by"]) for e in lines] == [
+        ("DEV", "1.2", 1, True, "alice"),
+        ("DEV", "1.2", 2, False, "alice"),
+    ]
+    assert (lines[0]["restored"]["version"], lines[0]["restored"]["release_key"]) == ("1.0", "RELEASE-NOV-23-INITIAL")
+    # INITIAL's own deploy into DEV found it empty: rolled back, DEV holds no frontend, nor its config.
+    first = step(rm, "RELEASE-NOV-23-INITIAL", "frontend", "DEV")
+    assert rm.rollback(first) == ("", True)
+    assert rm.contents("DEV") == ["backendforfrontend-1.0", "sbstore-1.0"]
+    assert not (dev / "config/frontend.json").exists()
+    # A run that never deployed there has nothing to give back, and records nothing.
+    lines_before = len(rm.ledger.entries())
+    assert rm.rollback(s.model_copy(update={"run_id": "run-3"})) == ("", False)
+    assert len(rm.ledger.entries()) == lines_before
 
 
 @pytest.mark.parametrize(
@@ -495,7 +571,10 @@ def test_release_errors_and_simulated_failures_keep_their_types(rm: ReleaseManag
         run(frontend(rm))
     with pytest.raises(GateFailed) as gate:
         env.run(ReleaseActivities(rm).test, frontend(rm))
-    for err in (unverified, missing, gate):
+    rm.failing_checks = frozenset({("frontend-1.0", "DEV", "health")})
+    with pytest.raises(VerificationFailed) as health:
+        env.run(ReleaseActivities(rm).test, frontend(rm).model_copy(update={"run_id": "run-2"}))
+    for err in (unverified, missing, gate, health):
         assert type(err.value).__name__ in NON_RETRYABLE_ERRORS
     with pytest.raises(SimulatedFailure, match="simulated failure: build frontend-1.0 → DEV, attempt 1"):
         env.run(ReleaseActivities(rm, FailFirst()).build, frontend(rm))
