@@ -17,9 +17,9 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from release_management import ReleaseManagement
-from shared import AWAITING_APPROVAL, FROZEN, HELD, Approval, Decision, ReleaseInfo, StepInput, Unfreeze
+from shared import AWAITING_APPROVAL, FROZEN, HELD, Approval, Decision, ReleaseInfo, Unfreeze
 from tests.conftest import CATALOG, installed_binary
-from tests.support import in_process_worker
+from tests.support import in_process_worker, run_release_steps
 from utils import FailureInjector, exit_now
 from workflows import ReleaseWorkflow
 
@@ -96,22 +96,11 @@ async def decide_when_held(handle: WorkflowHandle) -> None:
     await handle.signal("rollback", Decision(approver="recorder"))
 
 
-def run_steps(rm: ReleaseManagement, keys: tuple[str, ...]) -> None:
-    for key in keys:
-        for d in rm.gather_deployments(key).deploys:
-            for env_name in d.environments:
-                step = StepInput(release_key=key, run_id=f"before-{key}", deploy=d, env=env_name)
-                if env_name == "DEV":
-                    rm.build(step)
-                rm.deploy(step)
-                rm.test(step)
-
-
 async def record(env: WorkflowEnvironment, scenario: str) -> list[Path]:
     key, failures, succeeds = SCENARIOS[scenario]
     with tempfile.TemporaryDirectory() as workspace:
         rm = ReleaseManagement(Path(workspace), CATALOGS.get(scenario, CATALOG))
-        run_steps(rm, BEFORE.get(scenario, ()))
+        run_release_steps(rm, *BEFORE.get(scenario, ()), prefix="before")
         rm.failing_checks = frozenset({FAILING[scenario]}) if scenario in FAILING else frozenset()
         info = (
             rm.rollback_env("QC", "frontend", "recorder")

@@ -23,6 +23,7 @@ from temporalio.worker import Worker
 from activities import ReleaseActivities
 from locks import LockActivities, LockAnswer, LockMove, LockRequest, TargetLockWorkflow
 from release_management import ReleaseManagement
+from shared import StepInput
 from tests.conftest import REPO
 from utils import FailureInjector
 from workflows import DeployWorkflow, ReleaseWorkflow
@@ -220,3 +221,15 @@ async def in_process_worker(
                 yield task_queue
             finally:
                 await locks.settle()
+
+
+def run_release_steps(rm: ReleaseManagement, *keys: str, prefix: str = "run") -> None:
+    """Run releases' steps in order without Temporal, as the worker would (run id "<prefix>-<key>")."""
+    for key in keys:
+        for d in rm.gather_deployments(key).deploys:
+            for env in d.environments:
+                step = StepInput(release_key=key, run_id=f"{prefix}-{key}", deploy=d, env=env)
+                if env == "DEV":
+                    rm.build(step)
+                rm.deploy(step)
+                rm.test(step)

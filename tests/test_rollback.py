@@ -15,7 +15,15 @@ from temporalio.testing import WorkflowEnvironment
 from release_management import ReleaseError, ReleaseManagement
 from shared import HELD, Decision, ReleaseInfo, ReleaseState, StepInput, root_cause
 from tests.conftest import CATALOG, REPO, target_of
-from tests.support import WorkerProcess, in_process_worker, run_script, script_env, stopped_at_the_end, task_queue
+from tests.support import (
+    WorkerProcess,
+    in_process_worker,
+    run_release_steps,
+    run_script,
+    script_env,
+    stopped_at_the_end,
+    task_queue,
+)
 from tests.test_approvals import cause_of, until_status
 from utils import EXIT_CODE, python_command
 from workflows import ReleaseWorkflow
@@ -192,21 +200,9 @@ async def test_retry_and_rollback_are_refused_when_nothing_is_held(tmp_path: Pat
 # --- rollback-env, and a crash in the middle of a rollback ---------------------------------------------
 
 
-def promoted(rm: ReleaseManagement, *keys: str) -> None:
-    """Run releases' steps in order without Temporal, as the worker would."""
-    for key in keys:
-        for d in rm.gather_deployments(key).deploys:
-            for env in d.environments:
-                step = StepInput(release_key=key, run_id=f"run-{key}", deploy=d, env=env)
-                if env == "DEV":
-                    rm.build(step)
-                rm.deploy(step)
-                rm.test(step)
-
-
 def test_rollback_env_picks_the_version_that_passed_before_the_one_held(tmp_path: Path) -> None:
     rm = ReleaseManagement(tmp_path, CATALOG)
-    promoted(rm, INITIAL, HOTFIX)
+    run_release_steps(rm, INITIAL, HOTFIX)
     info = rm.rollback_env("QC", "frontend", "ana")
     [d] = info.deploys
     assert (info.release_key, d.version, d.environments, info.redeploy, info.requested_by) == (
@@ -235,7 +231,7 @@ async def test_rollback_env_re_promotes_through_the_gates_with_who_asked(
     tmp_path: Path, ts_env: WorkflowEnvironment
 ) -> None:
     rm = ReleaseManagement(tmp_path, CATALOG)
-    promoted(rm, INITIAL, HOTFIX)
+    run_release_steps(rm, INITIAL, HOTFIX)
     before = rm.contents("QC")
     async with in_process_worker(ts_env, rm) as tq:
         info = rm.rollback_env("QC", "frontend", "ana")
@@ -257,7 +253,7 @@ async def test_rollback_env_re_promotes_through_the_gates_with_who_asked(
 
 def test_a_crash_in_the_middle_of_a_rollback_leaves_old_or_new_never_a_mix(tmp_path: Path) -> None:
     rm = ReleaseManagement(tmp_path, CATALOG)
-    promoted(rm, INITIAL)
+    run_release_steps(rm, INITIAL)
     qc_before = files(rm.env_dir("QC"))
     d = next(x for x in rm.gather_deployments(HOTFIX).deploys if x.container_id == "sbstore")
     step = StepInput(release_key=HOTFIX, run_id="run-hotfix", deploy=d, env="QC")
@@ -359,7 +355,7 @@ async def test_a_worker_killed_during_a_rollback_leaves_old_or_new(
     dev_server: WorkflowEnvironment, tmp_path: Path
 ) -> None:
     rm = ReleaseManagement(tmp_path, REPO / "examples" / "rollback.json")
-    promoted(rm, INITIAL)
+    run_release_steps(rm, INITIAL)
     qc_before = files(rm.env_dir("QC"))
     base = script_env(
         target_of(dev_server),
