@@ -122,7 +122,7 @@ test: $(STAMP)
 # each time (the summary names it; CHAOS_SEED=n replays one).
 chaos: $(STAMP)
 	CHAOS_SEED=$${CHAOS_SEED:-random} CHAOS_KILLS=$${CHAOS_KILLS:-5} CHAOS_EXITS=$${CHAOS_EXITS:-4} \
-	  $(PY) -m pytest tests/test_chaos.py
+	  $(PY) -m pytest --timeout 1800 tests/test_chaos.py
 
 # Faults that once went unnoticed, planted again in a copy of the repo: each must fail a test.
 faults: $(STAMP)

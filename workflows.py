@@ -80,6 +80,9 @@ class ReleaseWorkflow:
         # Lock moves waiting for the activity that sends them (see _move_locks).
         self.lock_moves: list[tuple[LockMove, asyncio.Future[list[LockAnswer]]]] = []
         self.moving = False
+        # Targets asked for by a move whose answer has not come yet, with how many moves ask: a grant for one
+        # may come before the answer (the lock grants it between the activity's look and its completion).
+        self.asking: dict[str, int] = {}
         # The environment each deploy waits to enter while it is frozen, by deploy key.
         self.frozen: dict[str, str] = {}
         # Deploys held after a gate or health failure (on_failure hold): their environment, and the
@@ -419,6 +422,8 @@ class ReleaseWorkflow:
         ]
         answer: asyncio.Future[list[LockAnswer]] = asyncio.get_running_loop().create_future()
         self.lock_moves.append((LockMove(release=gone, acquire=wanted), answer))
+        for req in wanted:
+            self.asking[req.target] = self.asking.get(req.target, 0) + 1
         if not self.moving:
             self.moving = True
             asyncio.ensure_future(self._send_lock_moves())
@@ -428,6 +433,11 @@ class ReleaseWorkflow:
             # A move under way completes, so that what it asked for is known and given back.
             await answer
             raise
+        finally:
+            for req in wanted:
+                self.asking[req.target] -= 1
+                if not self.asking[req.target]:
+                    del self.asking[req.target]
 
     async def _send_lock_moves(self) -> None:
         try:
@@ -715,8 +725,10 @@ class ReleaseWorkflow:
 
     @workflow.signal
     def lock_granted(self, lock: str) -> None:
-        # Only locks this release asked for: a stray signal must not grow the state.
-        if any(r.lock_id == lock for r in self.locks.values()):
+        # Only locks this release asked for, or asks for now: a stray signal must not grow the state. A grant
+        # may come before the answer of the move that asked (in the same workflow task, signals come first).
+        target = "/".join(lock.split("/")[-2:])
+        if target in self.asking or any(r.lock_id == lock for r in self.locks.values()):
             self.granted.add(lock)
 
     @workflow.signal

@@ -61,13 +61,22 @@ def target_of(env: WorkflowEnvironment) -> str:
     return env.client.service_client.config.target_host
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests marked slow start first, the slowest first, each beside a quick one.
+# A slow test's limit: this many times what it takes on a quiet machine (a busy 2-core machine, tests run 4 at once).
+SLOW_LIMIT_FACTOR = 6
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Each test gets its time limit; tests marked slow start first, the slowest first, each beside a quick one.
 
     pytest -n hands each worker two tests at first (--maxschedchunk 1), then one more whenever
     it is free: so each worker starts on one slow test, and the next slow one goes to the first
     worker free. Started last, a slow test would run on alone while the other workers sit idle.
     """
+    default = float(config.getini("timeout") or 0)
+    # A limit given on the command line (make chaos gives one) is every test's.
+    for item in items if config.getoption("timeout") is None else []:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(max(default, SLOW_LIMIT_FACTOR * _seconds(item))))
     slow = sorted((item for item in items if item.get_closest_marker("slow")), key=lambda item: -_seconds(item))
     quick = [item for item in items if not item.get_closest_marker("slow")]
     paired = [item for pair in zip(slow, quick, strict=False) for item in pair]

@@ -7,9 +7,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -23,7 +24,7 @@ from temporalio.worker import Worker
 from activities import ReleaseActivities
 from locks import LockActivities, LockAnswer, LockMove, LockRequest, TargetLockWorkflow
 from release_management import ReleaseManagement
-from shared import StepInput
+from shared import StepInput, StepResult
 from tests.conftest import REPO
 from utils import FailureInjector
 from workflows import DeployWorkflow, ReleaseWorkflow
@@ -157,6 +158,13 @@ async def until(condition: Callable[[], bool], limit: float = 60) -> None:
             await asyncio.sleep(0.05)
 
 
+async def eventually(probe: Callable[[], Awaitable[bool]], limit: float = 30) -> None:
+    """Wait until an async probe (a query, a describe) says yes, asking often; fail after limit seconds."""
+    async with asyncio.timeout(limit):
+        while not await probe():  # noqa: ASYNC110 - another process's state, asked for
+            await asyncio.sleep(0.05)
+
+
 class TrackedLocks(LockActivities):
     """The lock activity, remembering which locks it asked for.
 
@@ -192,6 +200,12 @@ class TrackedLocks(LockActivities):
                     await handle.terminate("the test that used this lock is over")
 
 
+def activity_name(fn: Callable[..., object]) -> str:
+    """The name an activity function is registered under (its @activity.defn name)."""
+    defn = activity._Definition.from_callable(fn)
+    return defn.name if defn is not None and defn.name else fn.__name__
+
+
 @asynccontextmanager
 async def in_process_worker(
     env: WorkflowEnvironment,
@@ -206,8 +220,8 @@ async def in_process_worker(
     locks = TrackedLocks(env.client)
     activities = [*ReleaseActivities(rm, failures).all(), *locks.all()]
     stand_ins = [] if replace is None else replace if isinstance(replace, list) else [replace]
-    names = {f.__name__ for f in stand_ins}
-    activities = [a for a in activities if a.__name__ not in names] + stand_ins
+    names = {activity_name(f) for f in stand_ins}
+    activities = [a for a in activities if activity_name(a) not in names] + stand_ins
     task_queue = f"tq-{uuid.uuid4()}"
     with ThreadPoolExecutor(max_workers=8) as executor:
         async with Worker(
@@ -233,3 +247,28 @@ def run_release_steps(rm: ReleaseManagement, *keys: str, prefix: str = "run") ->
                     rm.build(step)
                 rm.deploy(step)
                 rm.test(step)
+
+
+class GatedStep:
+    """A stand-in for one step activity (say `test`) that runs the real one, except that the steps `stops` picks
+    wait at the gate until the test opens it. `entered` is set once such a step is waiting there."""
+
+    def __init__(self, rm: ReleaseManagement, verb: str, stops: Callable[[StepInput], bool]) -> None:
+        self.real = getattr(ReleaseActivities(rm), verb)
+        self.stops = stops
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+        @activity.defn(name=verb)
+        def step(step: StepInput) -> StepResult:
+            if self.stops(step):
+                self.entered.set()
+                # Heartbeats while it waits: the step's heartbeat timeout is a few seconds.
+                while not self.gate.wait(0.5):
+                    activity.heartbeat()
+            return self.real(step)
+
+        self.activity = step
+
+    async def wait_entered(self, limit: float = 30) -> None:
+        await until(self.entered.is_set, limit)

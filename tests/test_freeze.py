@@ -10,13 +10,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from temporalio.client import WorkflowUpdateFailedError
+from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 
 from release_management import CatalogError, ReleaseManagement
-from shared import FROZEN, SUCCESS, FreezeWindow, Unfreeze, frozen_until, render_details, render_progress
+from shared import FROZEN, SUCCESS, FreezeWindow, ReleaseState, Unfreeze, frozen_until, render_details, render_progress
 from tests.conftest import CATALOG, REPO, target_of
-from tests.support import WorkerProcess, in_process_worker, run_script, script_env, stopped_at_the_end, task_queue
+from tests.support import (
+    GatedStep,
+    WorkerProcess,
+    eventually,
+    in_process_worker,
+    run_script,
+    script_env,
+    stopped_at_the_end,
+    task_queue,
+)
 from tests.test_approvals import cause_of, start, until_status
 from utils import python_command
 from workflows import ReleaseWorkflow
@@ -206,3 +215,60 @@ async def test_unfreeze_from_the_command_line(dev_server: WorkflowEnvironment, t
         code, out = await run_script(["unfreeze", FREEZE_KEY, "--by", "Ana"], env)
         assert code == 2 and out.startswith(f"error: release {FREEZE_KEY} is not running"), out
     assert (tmp_path / "environments" / "PROD" / "frontend-2.0").is_file()
+
+
+@pytest.mark.parametrize("while_it", ["tests in QC", "waits for the PROD lock"])
+async def test_a_freeze_that_begins_while_a_deploy_waits_to_enter_is_honoured(
+    tmp_path: Path, ts_env: WorkflowEnvironment, while_it: str
+) -> None:
+    """The window begins after the deploy last looked (its QC deploy), before it enters PROD: it waits it out.
+
+    A step in flight stops the time-skipping server's clock jumps: the window begins a few seconds ahead, and the
+    gated step waits for the clock to pass that moment.
+    """
+    now = await ts_env.get_current_time()
+    begins, ends = now + timedelta(seconds=4), now + timedelta(hours=3)
+    rm = frozen_catalog(tmp_path, "PROD", {"start": iso(begins), "end": iso(ends), "reason": "it began meanwhile"})
+    place = "QC" if while_it == "tests in QC" else "PROD"
+    first_run: list[str] = []
+    gate = GatedStep(rm, "test", lambda s: (s.env, s.run_id) == (place, *first_run))
+    async with in_process_worker(ts_env, rm, replace=gate.activity) as tq:
+        first = await start(ts_env, tq, now=True)
+        first_run.append((await first.describe()).run_id or "")
+        second = await start(ts_env, tq, now=True) if place == "PROD" else None
+        await gate.wait_entered()
+        if second is not None:  # tested in QC, it waits for the first release to give the PROD locks back
+            await eventually(lambda: second_waits_for_prod(second))
+        await eventually(lambda: clock_past(ts_env, begins))
+        gate.gate.set()
+        watched = second or first
+        assert (await watched.result()).status == SUCCESS
+        history = await watched.fetch_history()
+        if second is not None:
+            await first.result()
+    qc = [t for t in scheduled(history, "deploy", "QC")]
+    assert len(qc) == 3 and max(qc) < begins, f"QC deploys at {qc}, after the window began: the test proves nothing"
+    prod = scheduled(history, "deploy", "PROD")
+    assert len(prod) == 3 and min(prod) >= ends.replace(microsecond=0), f"PROD deploys at {prod}, in the window"
+
+
+async def clock_past(env: WorkflowEnvironment, moment: datetime) -> bool:
+    return await env.get_current_time() > moment
+
+
+async def second_waits_for_prod(handle: WorkflowHandle) -> bool:
+    state: ReleaseState = await handle.query(ReleaseWorkflow.progress)
+    return bool(state.deploys) and all(
+        d.cells["QC"].status == "done" and d.cells["PROD"].status in ("pending", "waiting") for d in state.deploys
+    )
+
+
+def scheduled(history: Any, verb: str, env: str) -> list[datetime]:
+    """When each step verb into env was scheduled, by the server's clock (the time-skipping one's)."""
+    return [
+        e.event_time.ToDatetime(tzinfo=UTC)
+        for e in history.events
+        if e.HasField("activity_task_scheduled_event_attributes")
+        and e.activity_task_scheduled_event_attributes.activity_id.startswith(f"{verb} ")
+        and e.activity_task_scheduled_event_attributes.activity_id.endswith(f" {env}")
+    ]

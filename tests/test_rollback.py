@@ -12,11 +12,13 @@ import pytest
 from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 
-from release_management import ReleaseError, ReleaseManagement
+from inventory import inventory
+from release_management import GateFailed, NotVerified, ReleaseError, ReleaseManagement
 from shared import HELD, Decision, ReleaseInfo, ReleaseState, StepInput, root_cause
 from tests.conftest import CATALOG, REPO, target_of
 from tests.support import (
     WorkerProcess,
+    eventually,
     in_process_worker,
     run_release_steps,
     run_script,
@@ -411,3 +413,87 @@ async def test_rollback_all_leaves_nothing_of_the_release_where_it_was_not_teste
     assert "rolled back TEST to sbstore-1.0" in message, message
     for env in ("TEST", "QC"):
         assert files(rm.env_dir(env)) == before[env], env
+
+
+# --- rollbacks one after another in one environment --------------------------------------------------------
+
+
+def fail_gate(rm: ReleaseManagement, key: str, container: str, env: str) -> StepInput:
+    """Run key's steps for container up to env, where its security check fails; the step that failed."""
+    d = next(x for x in rm.gather_deployments(key).deploys if x.container_id == container)
+    rm.failing_checks = frozenset({(f"{container}-{d.version}", env, "security")})
+    for place in d.environments:
+        step = StepInput(release_key=key, run_id=f"run-{key}", deploy=d, env=place)
+        if place == "DEV":
+            rm.build(step)
+        rm.deploy(step)
+        if place == env:
+            with pytest.raises(GateFailed):
+                rm.test(step)
+            rm.failing_checks = frozenset()
+            return step
+        rm.test(step)
+    raise AssertionError(f"{key} never reaches {env}")
+
+
+def test_two_rollbacks_in_a_row_each_name_what_they_restored(tmp_path: Path) -> None:
+    rm = ReleaseManagement(tmp_path, REPO / "examples" / "rollback.json")
+    run_release_steps(rm, INITIAL)
+    qc_before = files(rm.env_dir("QC"))
+    rm.rollback(fail_gate(rm, HOTFIX, "sbstore", "QC"), by="ana")  # sbstore 1.7 out, 1.0 back
+    run_release_steps(rm, "RELEASE-JAN-24-ALPHA-DEV")
+    rm.rollback(fail_gate(rm, "RELEASE-JAN-24-ALPHA-QC", "sbstore", "QC"), by="bob")  # 1.8 out, 1.0 back again
+    assert files(rm.env_dir("QC"))["sbstore-1.0"] == qc_before["sbstore-1.0"]
+    first, second = rollback_lines(rm)
+    assert (first["version"], first["restored"]["version"], first["restored"]["release_key"]) == ("1.7", "1.0", INITIAL)
+    assert (second["version"], second["restored"]["version"], second["restored"]["release_key"]) == (
+        "1.8",
+        "1.0",
+        INITIAL,
+    )
+    held = inventory(rm.workspace).holdings
+    assert (held["QC"]["sbstore"].version, held["QC"]["sbstore"].release_key) == ("1.0", INITIAL)
+    drifted = {(env, c): h.drift for env, cs in held.items() for c, h in cs.items() if h.drift}
+    assert drifted == {}
+
+
+def test_rollback_env_after_a_rollback_picks_the_version_before_the_one_held_now(tmp_path: Path) -> None:
+    rm = ReleaseManagement(tmp_path, REPO / "examples" / "rollback.json")
+    run_release_steps(rm, INITIAL, HOTFIX, "RELEASE-JAN-24-ALPHA-DEV")  # QC: sbstore 1.0, then 1.7, both passed
+    rm.rollback(fail_gate(rm, "RELEASE-JAN-24-ALPHA-QC", "sbstore", "QC"))  # 1.8 failed there: 1.7 back
+    assert "sbstore-1.7" in rm.contents("QC")
+    info = rm.rollback_env("QC", "sbstore", "ana")
+    assert info.deploys[0].version == "1.0"
+    with pytest.raises(NotVerified) as err:
+        rm.rollback_env("QC", "sbstore", "ana", to="1.8")
+    assert str(err.value) == "cannot roll back QC sbstore to 1.8: it never passed its tests in QC"
+
+
+async def test_with_two_deploys_held_a_decision_must_name_one(tmp_path: Path, ts_env: WorkflowEnvironment) -> None:
+    rm = workspace(tmp_path, "hold", {("sbstore-1.7", "QC", "security"), ("frontend-1.1", "QC", "security")})
+    async with in_process_worker(ts_env, rm) as tq:
+        await (await release(ts_env, tq, INITIAL)).result()
+        handle = await release(ts_env, tq, HOTFIX)
+        several = f"release {HOTFIX} holds several deploys (frontend, sbstore): say which with --deploy"
+
+        async def both_held() -> bool:
+            state: ReleaseState = await handle.query(ReleaseWorkflow.progress)
+            return sum(d.cells["QC"].status == "held" for d in state.deploys) == 2
+
+        async def ignored() -> bool:
+            events = (await handle.query(ReleaseWorkflow.progress)).events
+            return any(f"ignored a rollback signal: {several}" in e for e in events)
+
+        await eventually(both_held)
+        for update in (ReleaseWorkflow.retry, ReleaseWorkflow.rollback):
+            with pytest.raises(WorkflowUpdateFailedError) as err:
+                await handle.execute_update(update, Decision(approver="ana"))
+            assert cause_of(err.value) == several
+        await handle.signal("rollback", Decision(approver="ana"))  # the Web UI's way: checked alike, and ignored
+        await eventually(ignored)
+        assert rollback_lines(rm) == []
+        for container in ("sbstore", "frontend"):
+            await handle.execute_update(ReleaseWorkflow.rollback, Decision(approver="ana", deploy=container))
+        message = await failure_of(handle)
+    assert "rolled back QC to sbstore-1.0" in message and "rolled back QC to frontend-1.0" in message, message
+    assert sorted(line["container"] for line in rollback_lines(rm)) == ["frontend", "sbstore"]
