@@ -1,4 +1,4 @@
-"""Temporal activities: thin wrappers that run the release management system's steps.
+"""The Temporal activities: thin wrappers that run the release management system's steps, their failures classified.
 
 They are synchronous and run on the worker's thread pool, because the steps do
 blocking file I/O; heartbeats report liveness so a dead worker is noticed in seconds.
@@ -18,9 +18,19 @@ from typing import Any, TypeVar
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, CancelledError, FailureError
 
-from commands import CommandCancelled, CommandError
-from release_management import ReleaseError, ReleaseManagement
-from shared import ApprovalRecord, ApprovalReport, ReleaseInfo, RollbackRequest, StepInput, StepResult, clip
+from orchestrator.command_runner import CommandCancelled, CommandError
+from orchestrator.errors import ReleaseError
+from release_management import ReleaseManagement
+from shared import (
+    ApprovalRecord,
+    ApprovalReport,
+    ReleaseInfo,
+    RollbackRequest,
+    StepInput,
+    StepResult,
+    clip,
+    step_summary,
+)
 from utils import FailureInjector, SimulatedFailure
 
 T = TypeVar("T")
@@ -30,12 +40,6 @@ MESSAGE_MAX = 300
 def _cancelled() -> bool:
     """Whether a step's command should stop: its activity was cancelled, or the worker is shutting down."""
     return activity.is_cancelled() or activity.is_worker_shutdown()
-
-
-def step_summary(verb: str, step: StepInput) -> str:
-    d = step.deploy
-    arrow = "in" if verb in ("test", "rollback") else "→"
-    return f"{verb} {d.container_id}-{d.version} {arrow} {step.env}"
 
 
 class ReleaseActivities:

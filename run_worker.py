@@ -1,8 +1,9 @@
-"""Runs a worker: it executes release workflows and their steps until Ctrl+C or SIGTERM.
+"""Builds and runs a worker: it executes release workflows and their steps until Ctrl+C or SIGTERM.
 
-Start as many as you like on one task queue; they share the work. `make worker` starts one
-in the background; `--settings` prints the settings a worker would run with, in one line, and
-`--check-running STATE` compares them with those of the worker make started (see the Makefile).
+Start as many as you like on one task queue; they share the work. Each is a version of the worker deployment
+(Worker Versioning, where the server has it: docs/design.md). `make worker` starts one in the background;
+`--settings` prints the settings a worker would run with, in one line, and `--check-running STATE` compares
+them with those of the worker make started (see the Makefile).
 """
 
 from __future__ import annotations
@@ -11,37 +12,32 @@ import argparse
 import asyncio
 import logging
 import os
-import shlex
 import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
-from pathlib import Path
+from typing import Any
 
 try:
+    from temporalio.client import Client
     from temporalio.exceptions import ApplicationError
     from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
     from temporalio.worker import Worker
     from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
     from activities import ReleaseActivities
-    from locks import LockActivities, TargetLockWorkflow
-    from release_management import ReleaseError, ReleaseManagement
-    from shared import Settings
+    from orchestrator.errors import ReleaseError
+    from orchestrator.locks import LockActivities, TargetLockWorkflow
+    from orchestrator.settings import Settings
+    from orchestrator.versioning import default_build_id, deployment_config, make_current, supported
+    from orchestrator.worker_settings import check_running, settings_line, settings_of
+    from release_management import ReleaseManagement
     from utils import FailureInjector, SimulatedFailure, connect, connect_config, exit_now, load_env_file
-    from workflows import DeployWorkflow, ReleaseWorkflow
+    from workflows import ReleaseWorkflow
 except ModuleNotFoundError as missing:
-    # An interpreter without the project's dependencies (say the system python3): say how to
-    # run the script instead of a traceback. A module of this project missing is a real bug.
-    if (Path(__file__).resolve().parent / f"{(missing.name or '').partition('.')[0]}.py").exists():
-        raise
-    print(
-        f"error: {sys.executable} lacks the project's dependencies (no module {missing.name!r}): "
-        f"run `make install`, then `.venv/bin/python {shlex.join(['run_worker.py', *sys.argv[1:]])}` "
-        "from the project root",
-        file=sys.stderr,
-    )
-    raise SystemExit(2) from None
+    from orchestrator.dependencies import explain_missing
+
+    explain_missing(missing, "run_worker.py")
 
 MAX_CONCURRENT_STEPS = 16
 
@@ -76,91 +72,6 @@ class OneLineExpectedFailures(logging.Filter):
         return True
 
 
-# The settings a worker runs with, in a fixed order: `make worker` compares a running
-# worker's (recorded in .temporal/worker.settings) with those an invocation asks for.
-# Credentials are left out: they are not settings a person compares, and not for a log.
-SETTING_NAMES = (
-    "TEMPORAL_ADDRESS",
-    "TEMPORAL_NAMESPACE",
-    "RELEASE_TASK_QUEUE",
-    "RELEASE_WORKSPACE",
-    "RELEASE_CATALOG",
-    "FAILURE_RATE",
-    "FAILURE_SEED",
-    "DEMO_STEP_SECONDS",
-)
-# Fault hooks for tests and demos, and the metrics port, listed after the others only when set
-# to other than their default, so the settings line of an ordinary worker reads as it always did.
-OPTIONAL_DEFAULTS = {"FAILURE_AT": "start", "FAILURE_ACTION": "raise", "WORKER_METRICS_PORT": "", "FAILING_CHECKS": ""}
-DEFAULT_STATE = ".temporal"
-
-
-def settings_of(settings: Settings, target: dict) -> dict[str, str]:
-    values = {
-        "TEMPORAL_ADDRESS": target["target_host"],
-        "TEMPORAL_NAMESPACE": target["namespace"],
-        "RELEASE_TASK_QUEUE": settings.task_queue,
-        "RELEASE_WORKSPACE": str(settings.workspace),
-        "RELEASE_CATALOG": str(settings.catalog),
-        "FAILURE_RATE": settings.failure_rate,
-        "FAILURE_SEED": "" if settings.failure_seed is None else str(settings.failure_seed),
-        "DEMO_STEP_SECONDS": f"{settings.step_seconds:g}",
-    }
-    optional = {
-        "FAILURE_AT": ",".join(settings.failure_at),
-        "FAILURE_ACTION": settings.failure_action,
-        "WORKER_METRICS_PORT": "" if settings.metrics_port is None else str(settings.metrics_port),
-        "FAILING_CHECKS": ",".join(sorted(":".join(c) for c in settings.failing_checks)),
-    }
-    return {name: values[name] for name in SETTING_NAMES} | {
-        name: value for name, value in optional.items() if value != OPTIONAL_DEFAULTS[name]
-    }
-
-
-def settings_line(values: dict[str, str]) -> str:
-    """One line, in shell syntax, so a part of it can be pasted in front of `make worker`."""
-    return " ".join(f"{name}={shlex.quote(value)}" for name, value in values.items())
-
-
-def parse_settings_line(line: str) -> dict[str, str]:
-    name_values = (part.partition("=") for part in shlex.split(line))
-    return {name: value for name, _, value in name_values}
-
-
-def check_running(state: str, wanted: dict[str, str]) -> int:
-    """For `make worker` when a worker runs: one line; 1 when its settings differ from those wanted."""
-    folder = Path(state)
-    try:
-        pid = (folder / "worker.pid").read_text().strip()
-    except OSError:
-        pid = "unknown"
-    make = "make" if state == DEFAULT_STATE else f"make STATE={shlex.quote(state)}"
-    try:
-        running = parse_settings_line((folder / "worker.settings").read_text())
-    except (OSError, ValueError):
-        print(
-            f"Worker already running (pid {pid}, log: {state}/worker.log); its settings are unknown "
-            f"(it was started before make recorded them): `{make} stop-worker && {make} worker` restarts it "
-            "with these"
-        )
-        return 0
-    # A hook or metrics port left out of a settings line has its default value.
-    running, wanted = OPTIONAL_DEFAULTS | running, OPTIONAL_DEFAULTS | wanted
-    differ = [name for name in wanted if running.get(name) != wanted[name]]
-    if not differ:
-        print(f"Worker already running (pid {pid}, log: {state}/worker.log)")
-        return 0
-    had = settings_line({name: running.get(name, "") for name in differ})
-    asked = settings_line({name: wanted[name] for name in differ})
-    # An optional setting back to its default needs no word in the command (not FAILING_CHECKS='').
-    restart = settings_line({n: wanted[n] for n in differ if OPTIONAL_DEFAULTS.get(n, wanted[n] + "x") != wanted[n]})
-    print(
-        f"Worker already running (pid {pid}) with {had}, not {asked} as asked: "
-        f"restart it with `{make} stop-worker && {(restart + ' ') if restart else ''}{make} worker`"
-    )
-    return 1
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="run_worker.py", description="Run a worker until Ctrl+C or SIGTERM.")
     which = parser.add_mutually_exclusive_group()
@@ -182,27 +93,26 @@ async def main(argv: list[str]) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    build_id = settings.build_id or default_build_id()
     if args.settings:
-        print(settings_line(settings_of(settings, target)))
+        print(settings_line(settings_of(settings, target, build_id)))
         return 0
     if args.check_running:
-        return check_running(args.check_running, settings_of(settings, target))
+        return check_running(args.check_running, settings_of(settings, target, build_id))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("temporalio.activity").addFilter(OneLineExpectedFailures())
-    runtime = None
-    if settings.metrics_port is not None:
-        try:
-            runtime = metrics_runtime(settings.metrics_port)
-        except ValueError as e:  # the port is taken, or not ours to listen on
-            reason = str(e).removeprefix("Failed starting Prometheus exporter: ")
-            print(
-                f"error: WORKER_METRICS_PORT={settings.metrics_port}: cannot serve metrics on "
-                f"{METRICS_HOST}:{settings.metrics_port}: {reason}; choose another port, or unset it for no metrics",
-                file=sys.stderr,
-            )
-            return 2
     try:
-        client = await connect(target, runtime=runtime)
+        client = await connect(
+            target, runtime=metrics_runtime(settings.metrics_port) if settings.metrics_port else None
+        )
+    except ValueError as e:  # the metrics port is taken, or not ours to listen on
+        reason = str(e).removeprefix("Failed starting Prometheus exporter: ")
+        print(
+            f"error: WORKER_METRICS_PORT={settings.metrics_port}: cannot serve metrics on "
+            f"{METRICS_HOST}:{settings.metrics_port}: {reason}; choose another port, or unset it for no metrics",
+            file=sys.stderr,
+        )
+        return 2
     except RuntimeError:
         print(
             f"error: cannot reach Temporal at {target['target_host']} (namespace {target['namespace']}); "
@@ -210,6 +120,31 @@ async def main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 3
+    versioned = await _versioned(client, settings)
+    if versioned is None:
+        return 2
+    return await serve(client, settings, target, build_id if versioned else None)
+
+
+async def _versioned(client: Client, settings: Settings) -> bool | None:
+    """Whether this worker runs as a worker version; None (said in one line) if it must and cannot."""
+    if settings.versioning == "off":
+        return False
+    if await supported(client, settings.deployment):
+        return True
+    if settings.versioning == "manual":
+        print(
+            f"error: WORKER_VERSIONING=manual: namespace {client.namespace} has no Worker Versioning; "
+            "enable it on the server, or set WORKER_VERSIONING=auto (or off)",
+            file=sys.stderr,
+        )
+        return None
+    print(f"note: namespace {client.namespace} has no Worker Versioning: this worker runs unversioned", flush=True)
+    return False
+
+
+async def serve(client: Client, settings: Settings, target: dict, build_id: str | None) -> int:
+    """Run the worker until Ctrl+C or SIGTERM; build_id None: unversioned."""
     rm = ReleaseManagement(
         settings.workspace, settings.catalog, settings.step_seconds, failing_checks=settings.failing_checks
     )
@@ -218,25 +153,29 @@ async def main(argv: list[str]) -> int:
     )
     # The activities hook the injector into the steps too, for FAILURE_AT=midway and effect.
     acts = ReleaseActivities(rm, failures)
-
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-
+    versioning: dict[str, Any] = (
+        {} if build_id is None else {"deployment_config": deployment_config(settings.deployment, build_id)}
+    )
     with ThreadPoolExecutor(max_workers=MAX_CONCURRENT_STEPS) as executor:
         worker = Worker(
             client,
             task_queue=settings.task_queue,
-            workflows=[ReleaseWorkflow, DeployWorkflow, TargetLockWorkflow],
+            workflows=[ReleaseWorkflow, TargetLockWorkflow],
             activities=[*acts.all(), *LockActivities(client).all()],
             activity_executor=executor,
             max_concurrent_activities=MAX_CONCURRENT_STEPS,
             workflow_runner=workflow_runner(),
             # Steps in flight get a moment to finish; any cut off are retried elsewhere.
             graceful_shutdown_timeout=timedelta(seconds=5),
+            **versioning,
         )
         async with worker:
+            if build_id is not None:
+                print(await _take_over(client, settings, build_id), flush=True)
             print(
                 # The pid tells `make worker` this line is its worker's, not an earlier one's.
                 f"Worker ready (pid {os.getpid()}): {target['target_host']} namespace {target['namespace']}, "
@@ -250,6 +189,16 @@ async def main(argv: list[str]) -> int:
             print("Worker stopping: letting steps in flight finish...", flush=True)
     print("Worker stopped.", flush=True)
     return 0
+
+
+async def _take_over(client: Client, settings: Settings, build_id: str) -> str:
+    """This worker's version made current when WORKER_VERSIONING=auto (unless a newer one is); a line about it."""
+    name = f"Worker version {settings.deployment} {build_id}"
+    if settings.versioning == "manual":
+        return f"{name}: new releases go to the deployment's current version (WORKER_VERSIONING=manual)"
+    if await make_current(client, settings.deployment, build_id) == "superseded":
+        return f"{name}: older than the current one; it runs the releases pinned to it, new ones go to the current"
+    return f"{name}: current, new releases start on it"
 
 
 def metrics_runtime(port: int) -> Runtime:

@@ -1,18 +1,18 @@
-"""Data types, the environment pipeline and settings shared by worker, workflows and scripts.
+"""The types that cross the boundary between scripts, workflows and activities, and the constants they share.
 
-Plain Python: no temporalio import, so release_management.py can use it too.
+Plain Python: no temporalio import, so release_management.py and the domain modules can use it too.
 """
 
 from __future__ import annotations
 
-import os
 import re
-from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from orchestrator.freeze import parse_moment, parse_weekly
 
 # Promotion order: each environment takes its artifact from the one before it,
 # DEV from the artifactory.
@@ -31,7 +31,7 @@ REPO_ROOT = Path(__file__).resolve().parent
 CONTAINER_ID = re.compile(r"^[a-z0-9](?:[a-z0-9_.-]{0,62}[a-z0-9])?$")
 VERSION = re.compile(r"^[0-9][A-Za-z0-9._+]{0,31}$")
 RELEASE_KEY_MAX = 100
-RELEASE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+RELEASE_KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 APPROVER_MAX = 100
 # A release's deploys and the events it keeps are capped: its state travels in every
 # query and stays in the workflow's memory for the release's whole life.
@@ -67,7 +67,8 @@ def clip(text: str, limit: int = 40) -> str:
     return text if len(text) <= limit else f"{text[: limit - 1]}…"
 
 
-def _check(value: str, pattern: re.Pattern[str], what: str, rule: str) -> str:
+def check_name(value: str, pattern: re.Pattern[str], what: str, rule: str) -> str:
+    """value, if it matches pattern whole and holds no ".." (names make paths); ValueError naming the rule."""
     if not pattern.fullmatch(value) or ".." in value:
         raise ValueError(f"{what} {clip(value)!r} is invalid: {rule}")
     return value
@@ -76,7 +77,7 @@ def _check(value: str, pattern: re.Pattern[str], what: str, rule: str) -> str:
 def check_release_key(key: str) -> str:
     if len(key) > RELEASE_KEY_MAX:
         raise ValueError(f"release key {clip(key)!r} is {len(key)} characters long; the limit is {RELEASE_KEY_MAX}")
-    return _check(key, RELEASE_KEY, "release key", "use letters, digits, '.', '_' and '-'")
+    return check_name(key, RELEASE_KEY_PATTERN, "release key", "use letters, digits, '.', '_' and '-'")
 
 
 def check_approver(name: str, does: str = "approves") -> str:
@@ -141,12 +142,12 @@ class DeployInfo(BaseModel):
     @field_validator("container_id")
     @classmethod
     def _container_id(cls, v: str) -> str:
-        return _check(v, CONTAINER_ID, "container id", "use lowercase letters, digits, '.', '_' and '-'")
+        return check_name(v, CONTAINER_ID, "container id", "use lowercase letters, digits, '.', '_' and '-'")
 
     @field_validator("version")
     @classmethod
     def _version(cls, v: str) -> str:
-        return _check(v, VERSION, "version", "start with a digit; letters, digits, '.', '_', '+'")
+        return check_name(v, VERSION, "version", "start with a digit; letters, digits, '.', '_', '+'")
 
     @model_validator(mode="after")
     def _consecutive_environments(self) -> DeployInfo:
@@ -210,29 +211,6 @@ def check_config(values: dict[str, ConfigValue]) -> dict[str, ConfigValue]:
     return values
 
 
-WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
-WEEKLY_TIME = re.compile(r"^([A-Za-z]{3,9}) ([01]?[0-9]|2[0-3]):([0-5][0-9])$")
-WEEK = timedelta(days=7)
-
-
-def _weekly(text: str) -> timedelta | None:
-    """'Fri 16:00' (or 'Friday 16:00') as the time since Monday 00:00 UTC; None if text is not a weekly time."""
-    m = WEEKLY_TIME.fullmatch(text.strip())
-    day = m and next((i for i, name in enumerate(WEEKDAYS) if name.startswith(m.group(1).lower())), None)
-    if m is None or day is None:
-        return None
-    return timedelta(days=day, hours=int(m.group(2)), minutes=int(m.group(3)))
-
-
-def _moment(text: str) -> datetime | None:
-    """An ISO date and time, in UTC (a time without a zone is UTC); None if text is not one."""
-    try:
-        when = datetime.fromisoformat(text.strip())
-    except ValueError:
-        return None
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
-
-
 class FreezeWindow(BaseModel):
     """A time in which nothing is promoted into an environment.
 
@@ -249,8 +227,8 @@ class FreezeWindow(BaseModel):
 
     @model_validator(mode="after")
     def _valid(self) -> FreezeWindow:
-        weekly = _weekly(self.start), _weekly(self.end)
-        moments = _moment(self.start), _moment(self.end)
+        weekly = parse_weekly(self.start), parse_weekly(self.end)
+        moments = parse_moment(self.start), parse_moment(self.end)
         for i, field in enumerate(("start", "end")):
             if weekly[i] is None and moments[i] is None:
                 raise ValueError(
@@ -264,37 +242,6 @@ class FreezeWindow(BaseModel):
         if moments[0] is not None and moments[1] is not None and moments[1] <= moments[0]:
             raise ValueError(f"the window ends ({self.end}) before it starts ({self.start})")
         return self
-
-    def until(self, now: datetime) -> datetime | None:
-        """When this window ends, if now is inside it; else None."""
-        weekly = _weekly(self.start)
-        if weekly is None:
-            start, end = _moment(self.start), _moment(self.end)
-            assert start is not None and end is not None
-            return end if start <= now < end else None
-        end_in_week = _weekly(self.end)
-        assert end_in_week is not None
-        monday = (now - timedelta(days=now.weekday())).replace(hour=0, minute=0, second=0, microsecond=0)
-        into = now - monday
-        inside = weekly <= into < end_in_week if weekly < end_in_week else (into >= weekly or into < end_in_week)
-        if not inside:
-            return None
-        end = monday + end_in_week
-        return end if end > now else end + WEEK
-
-
-def frozen_until(windows: list[FreezeWindow], now: datetime) -> tuple[datetime, FreezeWindow] | None:
-    """When the freeze in force at now ends (windows that meet or overlap chain), and the window in force now."""
-    first: FreezeWindow | None = None
-    # Each pass moves past one window's end; more passes than windows means a chain all week round.
-    for _ in range(len(windows) + 1):
-        ends = [(end, w) for w in windows if (end := w.until(now)) is not None]
-        if not ends:
-            break
-        end, window = max(ends, key=lambda e: e[0])
-        first = first or window
-        now = end
-    return None if first is None else (now, first)
 
 
 class ReleaseInfo(BaseModel):
@@ -403,15 +350,6 @@ class StepInput(BaseModel):
     retry: int = Field(default=0, ge=0, le=100)
 
 
-class DeployRequest(BaseModel):
-    release_key: str
-    run_id: str
-    deploy: DeployInfo
-    # Which deploys share target locks: the release's task queue. Part of the input, so a
-    # replay elsewhere (another task queue) asks for the same locks.
-    lock_scope: str = ""
-
-
 class StepResult(BaseModel):
     artifact: str
     attempt: int
@@ -479,19 +417,6 @@ class Cell(BaseModel):
     deployed: bool = False
 
 
-class StepProgress(BaseModel):
-    """What a DeployWorkflow tells its release after each step."""
-
-    deploy_key: str
-    env: Environment
-    status: CellStatus
-    step: str
-    attempts: int = 0
-    error: str | None = None
-    # Why the deploy waits (status "waiting"), say "DEV/frontend: held by RELEASE-X".
-    note: str | None = None
-
-
 class DeployState(BaseModel):
     deploy_key: str
     container_id: str
@@ -523,149 +448,6 @@ class ReleaseState(BaseModel):
     unfrozen_at: datetime | None = None
 
 
-CELL = len("cancelled +2 retries  ")
-
-
-def render_progress(state: ReleaseState) -> str:
-    """A table of deploys × environments; deterministic, so workflows use it too."""
-    lines = [f"Release {state.release_key}: {state.status}" + (f" ({state.error})" if state.error else "")]
-    if not state.approved:
-        lines.append("  the release itself waits for approval")
-    elif state.approved_by:
-        lines.append(f"  release approved by {state.approved_by}{_at(state.approved_at)}")
-    if state.unfrozen_by:
-        lines.append(f"  freeze overridden by {state.unfrozen_by}{_at(state.unfrozen_at)}")
-    width = max([len(d.artifact) for d in state.deploys] + [6]) + 2
-    # Only the environments this release touches, so the table fits the Web UI's details panel.
-    envs = [e for e in ENVIRONMENTS if any(e in d.cells for d in state.deploys)]
-    lines.append(("  " + "deploy".ljust(width) + "".join(e.ljust(CELL) for e in envs)).rstrip())
-    for d in state.deploys:
-        cells = []
-        for env in envs:
-            c = d.cells.get(env)
-            text = "" if c is None else c.status
-            if c is not None and c.status == "cancelled" and c.deployed:
-                text = "deployed"  # cancelled after its deploy, before its test
-            if c is not None and c.attempts > c.steps_done:
-                retries = c.attempts - c.steps_done
-                text += f" +{retries} retr{'y' if retries == 1 else 'ies'}"
-            cells.append(text[: CELL - 1].ljust(CELL))
-        note = "" if d.approved else "  (not approved)"
-        if d.approved_by:
-            note = f"  (approved by {d.approved_by}{_at(d.approved_at)})"
-        lines.append("  " + d.artifact.ljust(width) + "".join(cells).rstrip() + note)
-    for d in state.deploys:
-        if d.waiting_for:
-            lines.append(f"  {d.artifact} is waiting for {d.waiting_for}")
-    return "\n".join(lines)
-
-
-FAILURE_RATES: dict[str, float] = {"never": 0.0, "rarely": 0.1, "sometimes": 0.3, "alot": 0.6}
-# Where in a step FAILURE_RATE strikes: before its work (start), once its effect is in place but
-# not its ledger line (effect), or once the ledger line is written but the step has not returned
-# (end). The last two make a retry run again a step whose effect is already applied.
-# midway: between a deploy's two writes, its artifact in place and its configuration not yet.
-FAILURE_POINTS = ("start", "midway", "effect", "end")
-# What a strike does: raise a SimulatedFailure (retried), or end the worker process at once, as a kill would.
-FAILURE_ACTIONS = ("raise", "exit")
-
-
-@dataclass(frozen=True)
-class Settings:
-    task_queue: str
-    workspace: Path
-    catalog: Path
-    failure_rate: str
-    failure_seed: int | None
-    step_seconds: float
-    failure_at: tuple[str, ...] = ("start",)
-    failure_action: str = "raise"
-    # The port of the worker's Prometheus endpoint (WORKER_METRICS_PORT), on 127.0.0.1; None: no metrics.
-    metrics_port: int | None = None
-    # Quality-gate checks that fail (FAILING_CHECKS): (artifact, environment, check).
-    failing_checks: frozenset[tuple[str, str, str]] = frozenset()
-
-    @classmethod
-    def from_env(cls) -> Settings:
-        """Read settings from the process environment (scripts load .env first)."""
-        env = os.environ
-        rate = env.get("FAILURE_RATE", "rarely").strip().lower()
-        if rate not in FAILURE_RATES:
-            raise ValueError(f"FAILURE_RATE={rate!r} is not one of {', '.join(FAILURE_RATES)}")
-        seed = env.get("FAILURE_SEED", "").strip()
-        if seed and not seed.lstrip("-").isdigit():
-            raise ValueError(f"FAILURE_SEED={seed!r} is not a whole number")
-        failure_at = parse_failure_at(env.get("FAILURE_AT", ""))
-        action = env.get("FAILURE_ACTION", "").strip().lower() or "raise"
-        if action not in FAILURE_ACTIONS:
-            raise ValueError(f"FAILURE_ACTION={clip(action)!r} is not one of {', '.join(FAILURE_ACTIONS)}")
-        step = env.get("DEMO_STEP_SECONDS", "3").strip()
-        try:
-            step_seconds = float(step)
-        except ValueError:
-            raise ValueError(f"DEMO_STEP_SECONDS={step!r} is not a number of seconds") from None
-        if not 0 <= step_seconds <= 3600:
-            raise ValueError(f"DEMO_STEP_SECONDS={step!r} must be between 0 and 3600")
-        port = env.get("WORKER_METRICS_PORT", "").strip()
-        if port and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
-            raise ValueError(f"WORKER_METRICS_PORT={clip(port)!r} is not a port number from 1 to 65535")
-        workspace = Path(env.get("RELEASE_WORKSPACE") or REPO_ROOT).expanduser().resolve()
-        catalog = Path(env.get("RELEASE_CATALOG") or REPO_ROOT / "releases.json").expanduser()
-        return cls(
-            task_queue=env.get("RELEASE_TASK_QUEUE") or TASK_QUEUE,
-            workspace=workspace,
-            catalog=catalog.resolve(),
-            failure_rate=rate,
-            failure_seed=int(seed) if seed else None,
-            step_seconds=step_seconds,
-            failure_at=failure_at,
-            failure_action=action,
-            metrics_port=int(port) if port else None,
-            failing_checks=parse_failing_checks(env.get("FAILING_CHECKS", "")),
-        )
-
-
-def parse_failing_checks(value: str) -> frozenset[tuple[str, str, str]]:
-    """FAILING_CHECKS: a comma list of <container>-<version>:<ENV>:<check>, as (artifact, ENV, check)."""
-    items = [i.strip() for i in value.split(",") if i.strip()]
-    if len(items) > FAILING_CHECKS_MAX:
-        raise ValueError(f"FAILING_CHECKS names {len(items)} checks; the limit is {FAILING_CHECKS_MAX}")
-    found = set()
-    for item in items:
-        form = (
-            f"FAILING_CHECKS: {clip(item)!r} is not <container>-<version>:<ENV>:<check> (say sbstore-1.8:QC:security)"
-        )
-        parts = [p.strip() for p in item.split(":")]
-        if len(parts) != 3 or "-" not in parts[0]:
-            raise ValueError(form)
-        artifact, env, check = parts[0], parts[1].upper(), parts[2]
-        container, _, version = artifact.rpartition("-")
-        try:
-            _check(container, CONTAINER_ID, "container id", "use lowercase letters, digits, '.', '_' and '-'")
-            _check(version, VERSION, "version", "start with a digit; letters, digits, '.', '_', '+'")
-            check_check_name(check)
-        except ValueError as e:
-            raise ValueError(f"FAILING_CHECKS: {clip(item)!r}: {e}") from None
-        if env not in ENVIRONMENTS:
-            raise ValueError(
-                f"FAILING_CHECKS: {clip(item)!r}: no environment {clip(parts[1])!r}; use {', '.join(ENVIRONMENTS)}"
-            )
-        found.add((artifact, env, check))
-    return frozenset(found)
-
-
-def parse_failure_at(value: str) -> tuple[str, ...]:
-    """FAILURE_AT's points, in FAILURE_POINTS order without repeats; empty means start (the default)."""
-    asked = [p.strip().lower() for p in value.split(",") if p.strip()] or ["start"]
-    unknown = [p for p in asked if p not in FAILURE_POINTS]
-    if unknown:
-        raise ValueError(
-            f"FAILURE_AT={clip(value)!r}: {clip(unknown[0])!r} is not one of {', '.join(FAILURE_POINTS)} "
-            "(a comma list, say effect,end)"
-        )
-    return tuple(p for p in FAILURE_POINTS if p in asked)
-
-
 def describe_validation_error(err: ValueError) -> str:
     """One line for a pydantic ValidationError (or any ValueError): what is wrong, where."""
     errors = getattr(err, "errors", None)
@@ -679,58 +461,8 @@ def describe_validation_error(err: ValueError) -> str:
     return "; ".join(parts)
 
 
-# How a cell reads in the Web UI's details; a cell in flight shows its step ("deploy").
-_MARK = {
-    "pending": "pending",
-    "done": "✓",
-    "failed": "✗ failed",
-    "skipped": "skipped",
-    "cancelled": "cancelled",
-    "held": "✗ held",
-    "rolled back": "✗ rolled back",
-}
-
-
-def render_details(state: ReleaseState) -> str:
-    """The release for the Web UI's Current Details: Markdown, one line per deploy, so it wraps to fit the panel.
-
-    (A Markdown table is drawn there without cell padding, its cells running into each other.)
-    """
-    head = f"**{state.status}**" + (f": {_cell_text(state.error)}" if state.error else "")
-    if not state.approved:
-        head += " · the release itself waits for approval"
-    elif state.approved_by:
-        head += f" · approved by {_cell_text(state.approved_by)}{_at(state.approved_at)}"
-    if state.unfrozen_by:
-        head += f" · freeze overridden by {_cell_text(state.unfrozen_by)}{_at(state.unfrozen_at)}"
-    lines = [head, ""]
-    for d in state.deploys:
-        cells = []
-        for env, c in d.cells.items():
-            text = "waiting" if c.status == "waiting" else _MARK.get(c.status, c.step or c.status)
-            if c.status == "cancelled" and c.deployed:
-                text = "deployed"
-            if c.attempts > c.steps_done:
-                retries = c.attempts - c.steps_done
-                text += f" (+{retries} retr{'y' if retries == 1 else 'ies'})"
-            cells.append(f"{env} {text}")
-        name = f"**{d.artifact}**" + ("" if d.approved else " (not approved)")
-        lines.append(f"- {name}: {' · '.join(cells)}")
-    waits = [f"- {d.artifact} waits for {_cell_text(d.waiting_for)}" for d in state.deploys if d.waiting_for]
-    return "\n".join(lines + ([""] + waits if waits else []))
-
-
-def _cell_text(text: str) -> str:
-    """Text from outside (an error, a name) kept on one line, its Markdown emphasis marks shown as written."""
-    return " ".join(text.split()).replace("*", "\\*").replace("_", "\\_")
-
-
-def _at(when: datetime | None) -> str:
-    return f" at {when:%Y-%m-%d %H:%M} UTC" if when else ""
-
-
-def root_cause(err: BaseException) -> BaseException:
-    """The innermost cause: a failed release arrives wrapped in workflow, child and activity errors."""
-    while err.__cause__ is not None:
-        err = err.__cause__
-    return err
+def step_summary(verb: str, step: StepInput) -> str:
+    """A step as people read it, "deploy frontend-1.0 → QC": the activity's id and summary in the Web UI."""
+    d = step.deploy
+    arrow = "in" if verb in ("test", "rollback") else "→"
+    return f"{verb} {d.container_id}-{d.version} {arrow} {step.env}"

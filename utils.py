@@ -17,7 +17,8 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.envconfig import ClientConfigProfile
 from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 
-from shared import FAILURE_ACTIONS, FAILURE_POINTS, FAILURE_RATES, REPO_ROOT
+from orchestrator.settings import FAILURE_ACTIONS, FAILURE_POINTS, FAILURE_RATES
+from shared import REPO_ROOT
 
 
 class SimulatedFailure(RuntimeError):
@@ -27,8 +28,8 @@ class SimulatedFailure(RuntimeError):
 class FailureInjector:
     """Fails a step with the probability of FAILURE_RATE: never, rarely, sometimes, alot.
 
-    `at` names the points of a step where the rate applies (FAILURE_AT: start, effect, end;
-    see shared.FAILURE_POINTS), each drawn on its own. `action` says what a strike does
+    `at` names the points of a step where the rate applies (FAILURE_AT: start, midway, effect, end;
+    see orchestrator/settings.py), each drawn on its own. `action` says what a strike does
     (FAILURE_ACTION): raise a SimulatedFailure, or exit, ending the worker process at once
     as if it were killed, wherever the step stands.
 

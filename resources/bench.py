@@ -58,7 +58,8 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes, Workfl
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import LoggingConfig, PrometheusConfig, Runtime, TelemetryConfig, TelemetryFilter
 
-from shared import DEFAULT_RELEASE_KEY, ENVIRONMENTS, RUNNING, ReleaseResult, release_workflow_id, root_cause
+from orchestrator.errors import root_cause
+from shared import DEFAULT_RELEASE_KEY, ENVIRONMENTS, RUNNING, ReleaseResult, release_workflow_id
 from utils import exit_now
 
 REPO = Path(__file__).resolve().parents[1]
@@ -470,12 +471,12 @@ async def start_release(client: Client, key: str, task_queue: str) -> Any:
     """Start a release exactly as `run_workflow.py --release-key KEY` does."""
     # Imported here: while the project's code does not import, the release phases fail, not the bench.
     try:
+        from orchestrator.flow.release_run import RELEASE_KEY_ATTRIBUTE, RELEASE_STATUS_ATTRIBUTE
         from run_workflow import RELEASE_WORKFLOW, ReleaseStart
-        from workflows import RELEASE_KEY, RELEASE_STATUS
     except Exception as err:
         raise PhaseError(f"the project's code does not import: {type(err).__name__}: {err}") from None
     attributes = TypedSearchAttributes(
-        [SearchAttributePair(RELEASE_KEY, key), SearchAttributePair(RELEASE_STATUS, RUNNING)]
+        [SearchAttributePair(RELEASE_KEY_ATTRIBUTE, key), SearchAttributePair(RELEASE_STATUS_ATTRIBUTE, RUNNING)]
     )
     return await client.start_workflow(
         RELEASE_WORKFLOW,

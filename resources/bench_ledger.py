@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from release_management import Ledger  # noqa: E402 (the repository root is on the path only from here)
+from orchestrator.ledger import Ledger  # noqa: E402 (the repository root is on the path only from here)
 
 SMALL, LARGE = 10, 100_000
 CONTAINERS = {"frontend": "1.0", "sbstore": "1.7", "backendforfrontend": "1.7"}

@@ -12,8 +12,8 @@ import pytest
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from orchestrator.flow.release_run import RELEASE_KEY_ATTRIBUTE, RELEASE_STATUS_ATTRIBUTE
 from release_management import ReleaseManagement
-from workflows import RELEASE_KEY, RELEASE_STATUS
 
 REPO = Path(__file__).resolve().parents[1]
 CATALOG = REPO / "releases.json"
@@ -51,7 +51,7 @@ async def dev_server() -> AsyncIterator[WorkflowEnvironment]:
     env = await WorkflowEnvironment.start_local(
         data_converter=pydantic_data_converter,
         dev_server_existing_path=installed_binary("temporal"),
-        search_attributes=[RELEASE_KEY, RELEASE_STATUS],
+        search_attributes=[RELEASE_KEY_ATTRIBUTE, RELEASE_STATUS_ATTRIBUTE],
     )
     yield env
     await env.shutdown()

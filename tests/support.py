@@ -22,12 +22,12 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities import ReleaseActivities
-from locks import LockActivities, LockAnswer, LockMove, LockRequest, TargetLockWorkflow
+from orchestrator.locks import LockActivities, LockAnswer, LockMove, TargetLockWorkflow
 from release_management import ReleaseManagement
 from shared import StepInput, StepResult
 from tests.conftest import REPO
 from utils import FailureInjector
-from workflows import DeployWorkflow, ReleaseWorkflow
+from workflows import ReleaseWorkflow
 
 
 def script_env(target: str, workspace: Path, task_queue: str, **overrides: str) -> dict[str, str]:
@@ -176,11 +176,6 @@ class TrackedLocks(LockActivities):
         super().__init__(client)
         self.ids: set[str] = set()
 
-    @activity.defn(name="request_lock")
-    async def request_lock(self, req: LockRequest) -> str | None:
-        self.ids.add(req.lock_id)
-        return await super().request_lock(req)
-
     @activity.defn(name="move_locks")
     async def move_locks(self, move: LockMove) -> list[LockAnswer]:
         answers = await super().move_locks(move)
@@ -227,7 +222,7 @@ async def in_process_worker(
         async with Worker(
             env.client,
             task_queue=task_queue,
-            workflows=[ReleaseWorkflow, DeployWorkflow, TargetLockWorkflow],
+            workflows=[ReleaseWorkflow, TargetLockWorkflow],
             activities=activities,
             activity_executor=executor,
         ):

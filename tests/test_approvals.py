@@ -17,6 +17,8 @@ from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpda
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.testing import WorkflowEnvironment
 
+from orchestrator.errors import root_cause
+from orchestrator.render import render_progress
 from release_management import ReleaseManagement
 from shared import (
     AWAITING_APPROVAL,
@@ -29,8 +31,6 @@ from shared import (
     ReleaseState,
     StepInput,
     StepResult,
-    render_progress,
-    root_cause,
 )
 from tests.conftest import CATALOG
 from tests.support import in_process_worker

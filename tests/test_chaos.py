@@ -41,6 +41,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
+from orchestrator.flow.release_run import RELEASE_KEY_ATTRIBUTE, RELEASE_STATUS_ATTRIBUTE
 from release_management import build_content, render_config
 from shared import ENVIRONMENTS
 from tests.conftest import REPO, ProofLines, installed_binary
@@ -48,7 +49,6 @@ from tests.observer import LandingObserver
 from tests.support import WorkerProcess, script_env, task_queue
 from tests.test_idempotency import REPORTED
 from utils import EXIT_CODE
-from workflows import RELEASE_KEY, RELEASE_STATUS
 
 KEY = "RELEASE-NOV-23-INITIAL"
 ARTIFACTS = ["backendforfrontend-1.0", "frontend-1.0", "sbstore-1.0"]
@@ -80,7 +80,7 @@ class RestartableServer:
             data_converter=pydantic_data_converter,
             dev_server_existing_path=installed_binary("temporal"),
             dev_server_database_filename=str(self.db),
-            search_attributes=[RELEASE_KEY, RELEASE_STATUS],
+            search_attributes=[RELEASE_KEY_ATTRIBUTE, RELEASE_STATUS_ATTRIBUTE],
         )
 
     async def stop(self) -> None:

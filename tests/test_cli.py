@@ -21,13 +21,14 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from run_workflow import worker_polls
-from shared import Cell, DeployState, ReleaseState, render_progress
+from orchestrator.cli.diagnostics import worker_polls
+from orchestrator.flow.release_run import RELEASE_KEY_ATTRIBUTE
+from orchestrator.render import render_progress
+from shared import Cell, DeployState, ReleaseState
 from tests.conftest import REPO, installed_binary, target_of
 from tests.support import WorkerProcess, run_python, run_script, script_env, task_queue
 from tests.test_first_minutes import Script, failures
 from utils import python_command
-from workflows import RELEASE_KEY
 
 ALPHA_DEV = "RELEASE-JAN-24-ALPHA-DEV"  # DEV only: nine quick steps
 DEC_PROD = "RELEASE-DEC-2023-BUGFIXES-PROD"  # PROD only: fails at once in an empty workspace
@@ -37,13 +38,14 @@ RETRY_SEED = 3
 
 
 async def run_patched(args: list[str], env: dict[str, str], **constants: float) -> tuple[int, str]:
-    """run_workflow.py's main with some of its waits shortened (RIDE_THROUGH_SECONDS, WORKER_ANSWER seconds)."""
+    """run_workflow.py's main with some of its waits (orchestrator/cli/waits.py) shortened, in seconds."""
     sets = "".join(
-        f"r.{name} = timedelta(seconds={value}); " if name == "WORKER_ANSWER" else f"r.{name} = {value}; "
+        f"w.{name} = timedelta(seconds={value}); " if name == "WORKER_ANSWER" else f"w.{name} = {value}; "
         for name, value in constants.items()
     )
     code = (
         "import asyncio, sys; from datetime import timedelta; import run_workflow as r; "
+        "import orchestrator.cli.waits as w; "
         f"{sets}r.exit_now(asyncio.run(r.main(sys.argv[1:])))"
     )
     exit_code, out, _ = await run_python(["-c", code, *args], env)
@@ -235,7 +237,7 @@ async def test_a_namespace_without_the_search_attributes_gets_a_note_and_still_w
             stopped = worker.stop_quietly()
         assert stopped == 0
         desc = await server.client.get_workflow_handle(f"release-{ALPHA_DEV}").describe()
-        assert desc.typed_search_attributes.get(RELEASE_KEY) is None
+        assert desc.typed_search_attributes.get(RELEASE_KEY_ATTRIBUTE) is None
     finally:
         await server.shutdown()
 

@@ -15,21 +15,20 @@ from pydantic import ValidationError
 from temporalio.client import WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 
-import commands
-from commands import (
+from orchestrator import command_runner, process_group, step_commands
+from orchestrator.command_runner import (
     CommandCancelled,
     CommandError,
     CommandFailed,
     CommandRefused,
     CommandRetry,
     CommandTimeout,
-    StepCommand,
-    StepCommands,
-    placeholders_for,
     run_command,
 )
+from orchestrator.errors import root_cause
+from orchestrator.step_commands import StepCommand, StepCommands, placeholders_for
 from release_management import ReleaseManagement, build_content
-from shared import ReleaseInfo, root_cause
+from shared import ReleaseInfo
 from tests.support import in_process_worker
 from workflows import ReleaseWorkflow
 
@@ -98,7 +97,7 @@ def assert_nothing_left(ws: Path) -> None:
 
 @pytest.fixture(autouse=True)
 def no_stray_release_variables(monkeypatch: pytest.MonkeyPatch) -> None:
-    for variable in commands.PLACEHOLDERS.values():
+    for variable in step_commands.PLACEHOLDERS.values():
         monkeypatch.delenv(variable, raising=False)
     monkeypatch.delenv("FAILING_CHECKS", raising=False)
 
@@ -173,14 +172,14 @@ def test_a_command_hanging_past_its_timeout_is_killed_with_its_children(tmp_path
     began = time.monotonic()
     with pytest.raises(CommandTimeout) as caught:
         run(sh(HANGS, timeout=1), tmp_path)
-    assert time.monotonic() - began < 1 + commands.KILL_GRACE_SECONDS + 5
+    assert time.monotonic() - began < 1 + process_group.KILL_GRACE_SECONDS + 5
     assert str(caught.value) == "command sh timed out after 1 s: started"
     assert caught.value.retryable and isinstance(caught.value, CommandRetry)
     assert_nothing_left(tmp_path)
 
 
 def test_a_group_that_ignores_sigterm_gets_sigkill(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(commands, "KILL_GRACE_SECONDS", 0.5)
+    monkeypatch.setattr(process_group, "KILL_GRACE_SECONDS", 0.5)
     # SIGTERM ignored by the shell and (inherited) by its child: only SIGKILL, after the grace, ends them.
     began = time.monotonic()
     with pytest.raises(CommandTimeout):
@@ -201,7 +200,7 @@ def test_a_command_cancelled_mid_run_is_killed_promptly_with_its_children(tmp_pa
 
     with pytest.raises(CommandCancelled) as caught:
         run(sh(HANGS, timeout=600), tmp_path, cancelled=cancelled)
-    assert time.monotonic() - flipped[0] < commands.KILL_GRACE_SECONDS
+    assert time.monotonic() - flipped[0] < process_group.KILL_GRACE_SECONDS
     assert str(caught.value) == "command sh was cancelled: started"
     assert_nothing_left(tmp_path)
 
@@ -250,8 +249,8 @@ def test_the_output_file_is_capped_and_ends_with_the_outputs_last_bytes(tmp_path
     assert message.startswith("command sh exited 4: …aaa") and message.endswith("aaa… | the end")
     assert len(str(caught.value)) == 300
     log = (tmp_path / "out.log").read_bytes()
-    assert len(log) < commands.OUTPUT_MAX + commands.TAIL_MAX + 200
-    assert log.startswith(b"a" * commands.OUTPUT_MAX + b"\n[output capped at 1048576 bytes: ")
+    assert len(log) < command_runner.OUTPUT_MAX + command_runner.TAIL_MAX + 200
+    assert log.startswith(b"a" * command_runner.OUTPUT_MAX + b"\n[output capped at 1048576 bytes: ")
     assert log.endswith(b"a\nthe end\n")
 
 

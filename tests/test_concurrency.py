@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from release_management import Ledger
+from orchestrator.ledger import Ledger
 from tests.conftest import target_of
 from tests.support import WorkerProcess, run_script, script_env, task_queue
 

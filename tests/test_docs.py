@@ -49,10 +49,10 @@ import pytest
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from orchestrator.flow.release_run import RELEASE_KEY_ATTRIBUTE, RELEASE_STATUS_ATTRIBUTE
 from tests.conftest import REPO, installed_binary, target_of
 from tests.support import WorkerProcess, script_env
 from utils import WORKER_VARIABLES, python_command
-from workflows import RELEASE_KEY, RELEASE_STATUS
 
 DOCS = [name for name in ("README.md", "setup.md", "demos.md") if "```console" in (REPO / name).read_text()]
 DEFAULT_TASK_QUEUE = "release-task-queue"
@@ -329,7 +329,7 @@ async def check(steps: list[Step], tmp: Path) -> None:
     env = await WorkflowEnvironment.start_local(
         data_converter=pydantic_data_converter,
         dev_server_existing_path=installed_binary("temporal"),
-        search_attributes=[RELEASE_KEY, RELEASE_STATUS],
+        search_attributes=[RELEASE_KEY_ATTRIBUTE, RELEASE_STATUS_ATTRIBUTE],
     )
     session = Session(env, tmp)
     # A worker directive at the very start sets the first worker's settings.

@@ -12,7 +12,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
-from release_management import Ledger
+from orchestrator.ledger import Ledger
 from tests.conftest import target_of
 from tests.support import WorkerProcess, run_script, script_env, task_queue
 from tests.test_first_minutes import Script

@@ -22,7 +22,7 @@ import pytest
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from run_workflow import CHECK_SECONDS, WORKER_ANSWER, WORKER_GRACE_SECONDS
+from orchestrator.cli.waits import CHECK_SECONDS, WORKER_ANSWER, WORKER_GRACE_SECONDS
 from tests.conftest import REPO, target_of
 from tests.support import WorkerProcess, run_script, script_env, task_queue, until
 from utils import FailureInjector, SimulatedFailure, python_command

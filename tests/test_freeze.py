@@ -13,8 +13,11 @@ import pytest
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 
-from release_management import CatalogError, ReleaseManagement
-from shared import FROZEN, SUCCESS, FreezeWindow, ReleaseState, Unfreeze, frozen_until, render_details, render_progress
+from orchestrator.errors import CatalogError
+from orchestrator.freeze import frozen_until
+from orchestrator.render import render_details, render_progress
+from release_management import ReleaseManagement
+from shared import FROZEN, SUCCESS, FreezeWindow, ReleaseState, Unfreeze
 from tests.conftest import CATALOG, REPO, target_of
 from tests.support import (
     GatedStep,

@@ -20,20 +20,13 @@ from typing import Any
 import pytest
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
-import release_management
-import run_worker
 from activities import ReleaseActivities
-from release_management import (
-    NON_RETRYABLE_ERRORS,
-    CatalogError,
-    GateFailed,
-    Ledger,
-    NotVerified,
-    ReleaseManagement,
-    VerificationFailed,
-    render_config,
-)
-from shared import ENVIRONMENTS, HEALTH, Settings, StepInput, parse_failing_checks
+from orchestrator import ledger_index, worker_settings
+from orchestrator.errors import NON_RETRYABLE_ERRORS, CatalogError, GateFailed, NotVerified, VerificationFailed
+from orchestrator.ledger import Ledger
+from orchestrator.settings import Settings, parse_failing_checks
+from release_management import ReleaseManagement, render_config
+from shared import ENVIRONMENTS, HEALTH, StepInput
 from tests.conftest import CATALOG, REPO, target_of
 from tests.observer import LandingObserver
 from tests.support import WorkerProcess, run_python, run_script, script_env, stopped_at_the_end, task_queue
@@ -274,13 +267,13 @@ def test_a_passing_test_records_its_checks_and_a_retry_runs_none_again(
     qc = through(rm, INITIAL, "frontend", ["DEV", "TEST"]).model_copy(update={"env": "QC"})
     rm.deploy(qc)
     ran: list[str] = []
-    real = rm._check
+    real = rm._simulated_check
 
-    def counted(d: object, env: str, check: str, *rest: Any) -> tuple[bool, list[str]]:
+    def counted(step: StepInput, check: str) -> tuple[bool, list[str]]:
         ran.append(check)
-        return real(d, env, check, *rest)  # type: ignore[arg-type]
+        return real(step, check)
 
-    monkeypatch.setattr(rm, "_check", counted)
+    monkeypatch.setattr(rm, "_simulated_check", counted)
     assert rm.test(qc, attempt=1).applied
     assert not rm.test(qc, attempt=2).applied
     assert ran == ["performance", "security", "health"]
@@ -309,13 +302,13 @@ def test_every_environment_runs_its_health_check_after_its_checks(
     assert HEALTH == "health"
     s = step_of(rm, INITIAL, "frontend", "DEV")
     ran: list[tuple[str, str]] = []
-    real = rm._check
+    real = rm._simulated_check
 
-    def counted(d: object, env: str, check: str, *rest: Any) -> tuple[bool, list[str]]:
-        ran.append((env, check))
-        return real(d, env, check, *rest)  # type: ignore[arg-type]
+    def counted(step: StepInput, check: str) -> tuple[bool, list[str]]:
+        ran.append((step.env, check))
+        return real(step, check)
 
-    monkeypatch.setattr(rm, "_check", counted)
+    monkeypatch.setattr(rm, "_simulated_check", counted)
     through(rm, INITIAL, "frontend", list(ENVIRONMENTS))
     assert ran == [
         ("DEV", "unit"),
@@ -540,14 +533,14 @@ def test_failing_checks_show_in_a_workers_settings_only_when_set(
     failing = Settings.from_env()
     assert failing.failing_checks == {("sbstore-1.8", "QC", "security"), ("frontend-1.0", "DEV", "unit")}
     target = {"target_host": "localhost:7233", "namespace": "default"}
-    assert "FAILING_CHECKS" not in run_worker.settings_line(run_worker.settings_of(plain, target))
-    line = run_worker.settings_line(run_worker.settings_of(failing, target))
+    assert "FAILING_CHECKS" not in worker_settings.settings_line(worker_settings.settings_of(plain, target, "b1"))
+    line = worker_settings.settings_line(worker_settings.settings_of(failing, target, "b1"))
     assert line.endswith(" FAILING_CHECKS=frontend-1.0:DEV:unit,sbstore-1.8:QC:security")
     (tmp_path / "worker.settings").write_text(line)
     (tmp_path / "worker.pid").write_text(str(os.getpid()))
-    assert run_worker.check_running(str(tmp_path), run_worker.settings_of(plain, target)) == 1
+    assert worker_settings.check_running(str(tmp_path), worker_settings.settings_of(plain, target, "b1")) == 1
     assert "with FAILING_CHECKS=frontend-1.0:DEV:unit,sbstore-1.8:QC:security, not" in capsys.readouterr().out
-    assert run_worker.check_running(str(tmp_path), run_worker.settings_of(failing, target)) == 0
+    assert worker_settings.check_running(str(tmp_path), worker_settings.settings_of(failing, target, "b1")) == 0
 
 
 # --- configuration deployed with the artifact --------------------------------------------------------------
@@ -655,8 +648,8 @@ def checked_after_every_change(workspace: Path) -> Iterator[list[str]]:
         check(f"removal of {path}")
 
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(release_management.os, "replace", replace)
-        m.setattr(release_management.os, "unlink", unlink)
+        m.setattr(os, "replace", replace)
+        m.setattr(os, "unlink", unlink)
         yield seen
 
 
@@ -688,7 +681,7 @@ def test_the_old_artifact_goes_only_once_the_configuration_names_the_new_one(
             named_at_removal.append(config_of(tmp_path, "DEV", "frontend")["artifact"])
         real_unlink(path, *args, **kwargs)
 
-    monkeypatch.setattr(release_management.os, "unlink", unlink)
+    monkeypatch.setattr(os, "unlink", unlink)
     assert rm.deploy(s).applied
     assert named_at_removal == ["frontend-1.2"]
 
@@ -799,7 +792,7 @@ def test_a_crash_before_the_old_version_goes_leaves_the_new_pair_beside_it(
         real_unlink(path, *args, **kwargs)
 
     with monkeypatch.context() as m:
-        m.setattr(release_management.os, "unlink", unlink)
+        m.setattr(os, "unlink", unlink)
         with pytest.raises(Crash):
             rm.deploy(s)
     assert rm.contents("DEV") == ["backendforfrontend-1.0", "frontend-1.0", "frontend-1.2", "sbstore-1.0"]
@@ -1123,7 +1116,7 @@ def test_verified_without_a_usable_index_answers_from_the_whole_ledger(
     assert (len(reads) == 0) == rebuilt, reads
     if rebuilt:
         with closing(sqlite3.connect(f"file:{ledger.index.path}?mode=ro", uri=True)) as db:
-            assert db.execute("PRAGMA user_version").fetchone()[0] == release_management._ClaimIndex.VERSION
+            assert db.execute("PRAGMA user_version").fetchone()[0] == ledger_index.ClaimIndex.VERSION
             assert db.execute("SELECT count(*) FROM proofs WHERE passed").fetchone()[0] == 4
 
 

@@ -23,11 +23,11 @@ from pathlib import Path
 import pytest
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
-import release_management
-import run_worker
 from activities import ReleaseActivities
+from orchestrator import worker_settings
+from orchestrator.settings import Settings
 from release_management import ReleaseManagement
-from shared import ENVIRONMENTS, HEALTH, ReleaseInfo, Settings, StepInput
+from shared import ENVIRONMENTS, HEALTH, ReleaseInfo, StepInput
 from tests.conftest import CATALOG, REPO
 from tests.observer import LandingObserver
 from tests.support import in_process_worker
@@ -275,16 +275,16 @@ def test_a_worker_with_other_fault_hooks_is_named_by_make_worker(
     plain = Settings.from_env()
     hooked = dataclasses.replace(plain, failure_at=("effect", "end"), failure_action="exit")
     target = {"target_host": "localhost:7233", "namespace": "default"}
-    assert "FAILURE_AT" not in run_worker.settings_line(run_worker.settings_of(plain, target))
-    line = run_worker.settings_line(run_worker.settings_of(hooked, target))
+    assert "FAILURE_AT" not in worker_settings.settings_line(worker_settings.settings_of(plain, target, "b1"))
+    line = worker_settings.settings_line(worker_settings.settings_of(hooked, target, "b1"))
     assert line.endswith(" FAILURE_AT=effect,end FAILURE_ACTION=exit")
     (tmp_path / "worker.settings").write_text(line)
     (tmp_path / "worker.pid").write_text("42")
-    assert run_worker.check_running(str(tmp_path), run_worker.settings_of(plain, target)) == 1
+    assert worker_settings.check_running(str(tmp_path), worker_settings.settings_of(plain, target, "b1")) == 1
     assert "with FAILURE_AT=effect,end FAILURE_ACTION=exit, not FAILURE_AT=start FAILURE_ACTION=raise" in (
         capsys.readouterr().out
     )
-    assert run_worker.check_running(str(tmp_path), run_worker.settings_of(hooked, target)) == 0
+    assert worker_settings.check_running(str(tmp_path), worker_settings.settings_of(hooked, target, "b1")) == 0
 
 
 # --- whole releases on the time-skipping server -----------------------------------------------------
@@ -394,7 +394,7 @@ def test_a_crash_while_deploying_a_new_version_leaves_the_old_one_whole(
     with watch(tmp_path, "environments/DEV/.rollback") as crashed:
         with monkeypatch.context() as m:
             # The write of frontend-1.2 fails before it is in place, as a crash or a full disk would.
-            m.setattr(release_management.os, at, crash_writing(at, "/environments/DEV", "frontend-1.2"))
+            m.setattr(os, at, crash_writing(at, "/environments/DEV", "frontend-1.2"))
             with pytest.raises(OSError, match="simulated crash"):
                 rm.deploy(s)
     assert sorted(p.name for p in dev.iterdir()) == [".rollback", "config", "frontend-1.0"], (
@@ -431,7 +431,7 @@ def test_a_crash_while_keeping_what_the_environment_held_changes_nothing_and_the
     lines = len(rm.ledger.entries())
     with watch(tmp_path, "environments/DEV/.rollback") as crashed:
         with monkeypatch.context() as m:
-            m.setattr(release_management.os, at, crash_writing(at, ".partial", name))
+            m.setattr(os, at, crash_writing(at, ".partial", name))
             with pytest.raises(OSError, match="simulated crash"):
                 rm.deploy(s)
     # DEV untouched; nothing kept under its final name (a hidden partial folder may stay behind).
@@ -461,7 +461,7 @@ def test_a_crash_while_replacing_a_report_leaves_the_old_report_whole(
     old = report.read_bytes()
     again = steps_of(rm)[2][1].model_copy(update={"run_id": "run-2"})  # another run replaces the report
     with monkeypatch.context() as m:
-        m.setattr(release_management.os, "replace", crash)
+        m.setattr(os, "replace", crash)
         with pytest.raises(OSError, match="simulated crash"):
             rm.test(again)
     assert report.read_bytes() == old

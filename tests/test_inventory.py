@@ -12,7 +12,7 @@ import re
 from datetime import UTC, datetime
 from pathlib import Path
 
-from inventory import Holding, history, inventory, replay
+from orchestrator.inventory import Placement, history, inventory, replay
 from release_management import ReleaseManagement
 from shared import ApprovalRecord, StepInput
 from tests.conftest import CATALOG, REPO
@@ -43,7 +43,7 @@ async def cli(workspace: Path, *args: str) -> tuple[int, str, str]:
     return await run_python([str(REPO / "run_workflow.py"), *args], env, limit=60, merge=False)
 
 
-def readme_holdings(after: str) -> dict[str, dict[str, str]]:
+def readme_placements(after: str) -> dict[str, dict[str, str]]:
     """The README's table of what each environment holds after a release: env -> container -> version."""
     text = (REPO / "README.md").read_text()
     header = re.search(r"^\| After \|(.*)\|$", text, re.M)
@@ -69,7 +69,7 @@ async def test_inventory_json_after_the_six_demo_releases_is_the_readmes_table(
             c: {"version": v, "release_key": holder[env], "run_id": run_of(holder[env]), "approved_by": None}
             for c, v in sorted(held.items())
         }
-        for env, held in readme_holdings(ALPHA_PROD).items()
+        for env, held in readme_placements(ALPHA_PROD).items()
     }
     assert expected["PROD"]["frontend"]["version"] == "1.2"
 
@@ -105,7 +105,7 @@ async def test_drift_shows_every_file_changed_by_hand(rm: ReleaseManagement, tmp
     (envs / "QC" / "sbstore-0.9").write_text("an old copy\n")
     (envs / "PROD" / ".frontend-1.0.abcd.partial").write_text("a temporary file is no artifact\n")
 
-    drift = {(env, c): h.drift for env, held in inventory(tmp_path).holdings.items() for c, h in held.items()}
+    drift = {(env, c): h.drift for env, held in inventory(tmp_path).placements.items() for c, h in held.items()}
     assert drift == {
         ("DEV", "backendforfrontend"): "config file cannot be read",
         ("DEV", "frontend"): "config file says artifact frontend-9.9",
@@ -153,9 +153,9 @@ def test_two_versions_and_a_stray_config_are_drift_too(rm: ReleaseManagement, tm
     (dev / "extra-1.1").write_text("two\n")
     (dev / "config" / "lonely.json").write_text("{}")
     (tmp_path / "artifactory" / "sbstore-1.0").unlink()
-    held = inventory(tmp_path).holdings["DEV"]
-    assert held["extra"] == Holding(None, drift="not in the ledger; folder holds extra-1.0, extra-1.1")
-    assert held["lonely"] == Holding(None, drift="not in the ledger; only a config file")
+    held = inventory(tmp_path).placements["DEV"]
+    assert held["extra"] == Placement(None, drift="not in the ledger; folder holds extra-1.0, extra-1.1")
+    assert held["lonely"] == Placement(None, drift="not in the ledger; only a config file")
     assert held["sbstore"].drift == "the artifactory has no sbstore-1.0 to compare it with"
 
 
@@ -172,14 +172,14 @@ def test_a_deploy_from_before_configuration_files_is_not_drift_for_lacking_one(
     rm.ledger.record({**old, "version": "0.9", "step": "build", "env": "DEV", "at": "2023-10-01T10:00:00+00:00"})
     rm.ledger.record({**old, "version": "0.9", "step": "deploy", "env": "DEV", "at": "2023-10-01T10:00:03+00:00"})
     rm.ledger.record({**old, "version": "0.9", "step": "test", "env": "DEV", "at": "2023-10-01T10:00:06+00:00"})
-    assert inventory(tmp_path).holdings["DEV"]["frontend"] == Holding(
+    assert inventory(tmp_path).placements["DEV"]["frontend"] == Placement(
         "0.9", "OLD", "old-run", *["2023-10-01T10:00:03+00:00", None]
     )
 
     # A deploy of today writes one: without it, that is drift. The old deploy still is not.
     through(rm, INITIAL, "sbstore", ["DEV"], run_of(INITIAL))
     (tmp_path / "environments" / "DEV" / "config" / "sbstore.json").unlink()
-    held = inventory(tmp_path).holdings["DEV"]
+    held = inventory(tmp_path).placements["DEV"]
     assert (held["frontend"].drift, held["sbstore"].drift) == (None, "no config file")
 
 
@@ -286,7 +286,7 @@ async def test_a_rollback_line_gives_back_the_previous_holder_or_nothing(rm: Rel
     kept = {name: (qc / name).read_bytes() for name in ("sbstore-1.0", "config/sbstore.json")}
     initial_at = next(e["at"] for e in rm.ledger.entries() if e["step"] == "deploy" and e["env"] == "QC")
     released(rm, HOTFIX)
-    assert inventory(tmp_path).holdings["QC"]["sbstore"].version == "1.7"
+    assert inventory(tmp_path).placements["QC"]["sbstore"].version == "1.7"
 
     # What a rollback of HOTFIX's sbstore in QC does (issue 11): the files as they were, then its line.
     (qc / "sbstore-1.7").unlink()
@@ -322,11 +322,11 @@ async def test_a_rollback_line_gives_back_the_previous_holder_or_nothing(rm: Rel
     # PROD held nothing of frontend before INITIAL: rolled back, it holds none, and the folder keeps a copy.
     line = {**line, "env": "PROD", "container": "frontend", "version": "1.0", "release_key": INITIAL, "by": None}
     rm.ledger.record({**line, "run_id": run_of(INITIAL), "restored": None, "applied": True})
-    prod = inventory(tmp_path).holdings["PROD"]
-    assert prod["frontend"] == Holding("1.0", drift="not in the ledger")
+    prod = inventory(tmp_path).placements["PROD"]
+    assert prod["frontend"] == Placement("1.0", drift="not in the ledger")
     (tmp_path / "environments" / "PROD" / "frontend-1.0").unlink()
     (tmp_path / "environments" / "PROD" / "config" / "frontend.json").unlink()
-    assert sorted(inventory(tmp_path).holdings["PROD"]) == ["backendforfrontend", "sbstore"]
+    assert sorted(inventory(tmp_path).placements["PROD"]) == ["backendforfrontend", "sbstore"]
     code, out, err = await cli(tmp_path, "history", "PROD", "frontend")
     assert out.splitlines()[0].split("  ")[-1] == f"rolled back (nothing before) by {INITIAL} (run {run_of(INITIAL)})"
 
@@ -344,7 +344,7 @@ def test_replay_takes_applied_lines_in_order_and_fills_in_a_restored_approver() 
         {**deploy, "step": "rollback", "run_id": "c", "version": "1.2", "restored": "1.0"},
     ]
     held, moves, skipped = replay(entries)
-    assert held == {"QC": {"sbstore": Holding("1.0", None, "a", None, "dan")}}
+    assert held == {"QC": {"sbstore": Placement("1.0", None, "a", None, "dan")}}
     assert [(m.version, m.run_id, m.by, m.rollback) for m in moves] == [
         ("1.0", "a", "dan", False),
         ("1.1", "b", None, False),
@@ -363,7 +363,7 @@ def test_a_config_value_edited_by_hand_is_drift(tmp_path: Path) -> None:
         rm.test(step)
     config = rm.config_path("DEV", "frontend")
     config.write_text(config.read_text().replace('"replicas": 1', '"replicas": 5'))
-    drift = {c: h.drift for c, h in inventory(tmp_path).holdings["DEV"].items()}
+    drift = {c: h.drift for c, h in inventory(tmp_path).placements["DEV"].items()}
     assert drift == {
         "backendforfrontend": None,
         "frontend": "config file differs from the one its deploy wrote",

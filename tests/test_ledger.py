@@ -15,7 +15,10 @@ from pathlib import Path
 import pytest
 
 import release_management
-from release_management import Ledger, ReleaseManagement, identity_of
+from orchestrator import ledger_index
+from orchestrator.ledger import Ledger
+from orchestrator.ledger_format import identity_of
+from release_management import ReleaseManagement
 from shared import StepInput
 
 KEY = "RELEASE-NOV-23-INITIAL"
@@ -194,7 +197,7 @@ def test_another_process_cannot_take_the_lock_while_a_line_is_appended(
         real_fsync(fd)
 
     with monkeypatch.context() as m:
-        m.setattr(release_management.os, "fsync", probe_then_fsync)
+        m.setattr(os, "fsync", probe_then_fsync)
         write(ledger)
     assert probed == [False], "another process took the ledger's lock in the middle of an append"
     # Once the append is done the lock is free: the probe can succeed, so its refusal above means something.
@@ -386,7 +389,7 @@ def test_an_index_of_another_format_is_built_again(tmp_path: Path, reopen: Calla
     with closing(sqlite3.connect(ledger.index.path, isolation_level=None)) as db:
         # As a later version might leave it: its claims elsewhere, and a format number of its own.
         db.execute("DELETE FROM claims")
-        db.execute(f"PRAGMA user_version = {release_management._ClaimIndex.VERSION + 1}")
+        db.execute(f"PRAGMA user_version = {ledger_index.ClaimIndex.VERSION + 1}")
     ledger = reopen(ledger)
     assert answers(ledger, range(6)) == [True] * 5 + [False]
 
@@ -410,7 +413,7 @@ def test_a_forked_child_opens_the_index_anew(tmp_path: Path) -> None:
         code = 1
         try:
             checks = [ledger.record_unless_claimed(found_done(1)), ledger.record_unless_claimed(found_done(5))]
-            fresh = ledger.index.db is not inherited and release_management._INHERITED == [inherited]
+            fresh = ledger.index.db is not inherited and ledger_index._INHERITED == [inherited]
             code = 0 if checks == [False, True] and fresh else 2
         finally:
             os._exit(code)
@@ -467,7 +470,7 @@ def test_an_index_held_by_another_connection_is_kept_and_the_ledger_answers(
 RACER = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
-from release_management import Ledger
+from orchestrator.ledger import Ledger
 ledger = Ledger(__import__("pathlib").Path(sys.argv[2]))
 name, steps = sys.argv[3], int(sys.argv[4])
 print("ready", flush=True)

@@ -10,7 +10,7 @@ from temporalio import activity
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
-from locks import LockActivities, LockAnswer, LockMove, TargetLockWorkflow
+from orchestrator.locks import LockActivities, LockAnswer, LockMove, TargetLockWorkflow
 from release_management import ReleaseManagement
 from shared import ReleaseInfo, ReleaseState
 from tests.conftest import CATALOG
@@ -95,11 +95,11 @@ async def test_a_grant_that_comes_before_the_answer_to_the_request_is_not_lost(
             if answer.asked and not answer.granted and answer.target == "QC/sbstore":
                 qc_test.gate.set()  # INITIAL finishes testing, goes on to PROD and gives QC/sbstore back
                 lock = ts_env.client.get_workflow_handle(answer.lock_id)
-                wanted = move.acquire[answers.index(answer)].holder_id
+                wanted = move.take[answers.index(answer)].owner_id
 
                 async def granted(lock: WorkflowHandle = lock, wanted: str = wanted) -> bool:
-                    holder = await lock.query(TargetLockWorkflow.holder_request)
-                    return holder is not None and holder.holder_id == wanted
+                    owner = await lock.query(TargetLockWorkflow.owner_request)
+                    return owner is not None and owner.owner_id == wanted
 
                 await eventually(granted)
                 raced.append(answer.target)

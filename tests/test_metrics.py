@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-import run_worker
-from shared import Settings
+from orchestrator import worker_settings
+from orchestrator.settings import Settings
 from tests.conftest import CATALOG, REPO, target_of
 from tests.support import WorkerProcess, run_python, run_script, script_env, task_queue
 
@@ -137,11 +137,11 @@ def test_the_metrics_port_is_off_unless_set_and_make_worker_compares_it(
     assert metered.metrics_port == 9464
     target = {"target_host": "localhost:7233", "namespace": "default"}
     # In the settings line only when set, so an ordinary worker's line reads as before.
-    assert "WORKER_METRICS_PORT" not in run_worker.settings_line(run_worker.settings_of(plain, target))
-    line = run_worker.settings_line(run_worker.settings_of(metered, target))
+    assert "WORKER_METRICS_PORT" not in worker_settings.settings_line(worker_settings.settings_of(plain, target, "b1"))
+    line = worker_settings.settings_line(worker_settings.settings_of(metered, target, "b1"))
     assert line.endswith(" WORKER_METRICS_PORT=9464")
     (tmp_path / "worker.settings").write_text(line)
     (tmp_path / "worker.pid").write_text(str(os.getpid()))
-    assert run_worker.check_running(str(tmp_path), run_worker.settings_of(plain, target)) == 1
+    assert worker_settings.check_running(str(tmp_path), worker_settings.settings_of(plain, target, "b1")) == 1
     assert "with WORKER_METRICS_PORT=9464, not WORKER_METRICS_PORT='' as asked" in capsys.readouterr().out
-    assert run_worker.check_running(str(tmp_path), run_worker.settings_of(metered, target)) == 0
+    assert worker_settings.check_running(str(tmp_path), worker_settings.settings_of(metered, target, "b1")) == 0

@@ -13,18 +13,9 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, ValidationError, field_validator
 
+from orchestrator.settings import Settings, parse_failure_at
 from release_management import ReleaseManagement
-from shared import (
-    REPO_ROOT,
-    TASK_QUEUE,
-    ApprovalRecord,
-    DeployInfo,
-    Settings,
-    StepInput,
-    clip,
-    describe_validation_error,
-    parse_failure_at,
-)
+from shared import REPO_ROOT, TASK_QUEUE, ApprovalRecord, DeployInfo, StepInput, clip, describe_validation_error
 
 SETTINGS_VARIABLES = (
     "RELEASE_TASK_QUEUE",

@@ -13,7 +13,8 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
-from release_management import Ledger, ReleaseManagement
+from orchestrator.ledger import Ledger
+from release_management import ReleaseManagement
 from shared import AWAITING_APPROVAL, RUNNING, ReleaseState
 from tests.conftest import CATALOG, target_of
 from tests.support import WorkerProcess, run_script, script_env, task_queue

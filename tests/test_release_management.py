@@ -13,18 +13,18 @@ from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.testing import ActivityEnvironment
 
 from activities import ReleaseActivities
-from release_management import (
+from orchestrator.catalog import Catalog
+from orchestrator.errors import (
     NON_RETRYABLE_ERRORS,
-    Catalog,
     CatalogError,
     GateFailed,
     InvalidStep,
     MissingArtifact,
     NotVerified,
-    ReleaseManagement,
     UnknownRelease,
     VerificationFailed,
 )
+from release_management import ReleaseManagement
 from shared import ApprovalRecord, DeployInfo, ReleaseInfo, StepInput, StepResult
 from tests.conftest import CATALOG
 from utils import FailureInjector, SimulatedFailure

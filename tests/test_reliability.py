@@ -13,7 +13,7 @@ from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpda
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.testing import WorkflowEnvironment
 
-from release_management import MissingArtifact
+from orchestrator.errors import MissingArtifact, root_cause
 from shared import (
     AWAITING_APPROVAL,
     CANCELLED,
@@ -24,7 +24,6 @@ from shared import (
     ReleaseInfo,
     StepInput,
     StepResult,
-    root_cause,
 )
 from tests.support import activity_starts, in_process_worker
 from tests.test_approvals import catalog_with, unapproved_sbstore, until_status

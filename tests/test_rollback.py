@@ -12,9 +12,10 @@ import pytest
 from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 
-from inventory import inventory
-from release_management import GateFailed, NotVerified, ReleaseError, ReleaseManagement
-from shared import HELD, Decision, ReleaseInfo, ReleaseState, StepInput, root_cause
+from orchestrator.errors import GateFailed, NotVerified, ReleaseError, root_cause
+from orchestrator.inventory import inventory
+from release_management import ReleaseManagement
+from shared import HELD, Decision, ReleaseInfo, ReleaseState, StepInput
 from tests.conftest import CATALOG, REPO, target_of
 from tests.support import (
     WorkerProcess,
@@ -451,7 +452,7 @@ def test_two_rollbacks_in_a_row_each_name_what_they_restored(tmp_path: Path) -> 
         "1.0",
         INITIAL,
     )
-    held = inventory(rm.workspace).holdings
+    held = inventory(rm.workspace).placements
     assert (held["QC"]["sbstore"].version, held["QC"]["sbstore"].release_key) == ("1.0", INITIAL)
     drifted = {(env, c): h.drift for env, cs in held.items() for c, h in cs.items() if h.drift}
     assert drifted == {}

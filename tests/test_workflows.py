@@ -11,8 +11,9 @@ from temporalio.client import WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
+from orchestrator.errors import root_cause
 from release_management import ReleaseManagement
-from shared import DeployInfo, ReleaseInfo, ReleaseResult, root_cause
+from shared import DeployInfo, ReleaseInfo, ReleaseResult
 from tests.support import activity_starts, in_process_worker
 from tests.test_release_management import promote
 from utils import FailureInjector

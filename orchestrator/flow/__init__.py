@@ -1,0 +1,1 @@
+"""The release workflow's parts, each a helper object the workflow owns: deterministic workflow code only."""

@@ -1,0 +1,347 @@
+"""What each environment holds and who put it there, from the ledger; where the folders differ, drift.
+
+Plain Python, no temporalio import: `run_workflow.py inventory` and `history` read the workspace only.
+The ledger is the record: its applied deploy and rollback lines, replayed in order, say what each
+environment holds. The folders are then compared with that, and every difference is shown as the
+entry's drift: never hidden, never corrected here.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import hashlib
+import json
+import re
+import sys
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from orchestrator.ledger import Ledger
+from orchestrator.ledger_format import is_claim
+from shared import ARTIFACTORY, CONTAINER_ID, ENVIRONMENTS, VERSION, clip
+
+TEXT_MAX = 100  # a string read from the ledger or the folders is shown clipped to this
+DRIFT_MAX = 300
+CELL_MAX = 40
+HISTORY_MAX = 100  # history shows the newest lines, and says how many older ones it left out
+ENTRY_FIELDS = ("version", "release_key", "run_id", "at", "approved_by")
+
+
+@dataclass
+class Placement:
+    """A container's version placed in an environment, who put it there, and how the folder differs (drift)."""
+
+    version: str | None
+    release_key: str | None = None
+    run_id: str | None = None
+    at: str | None = None
+    approved_by: str | None = None
+    drift: str | None = None
+    # Whether the deploy that put it there wrote a config file: deploys before quality gates wrote none.
+    config_written: bool = field(default=True, repr=False, compare=False)
+    # The SHA-256 of the config file the deploy wrote, where its ledger line says (deploys since issue 11).
+    config_sha256: str | None = field(default=None, repr=False, compare=False)
+
+    def as_json(self) -> dict[str, str | None]:
+        entry = {name: getattr(self, name) for name in ENTRY_FIELDS}
+        return {**entry, "drift": self.drift} if self.drift else entry
+
+
+@dataclass(frozen=True)
+class Move:
+    """A promotion into an environment, or a rollback there, as one applied ledger line records it."""
+
+    env: str
+    container: str
+    version: str  # promoted, or rolled back from
+    release_key: str | None
+    run_id: str | None
+    at: str | None
+    by: str | None  # a promotion's approver; the person who asked for a rollback
+    rollback: bool = False
+    restored: Placement | None = None  # what a rollback gave back; None: nothing
+
+
+@dataclass
+class Inventory:
+    placements: dict[str, dict[str, Placement]]  # environment (promotion order) -> container (sorted) -> placement
+    skipped: int  # ledger lines that could not be read
+
+    def as_json(self) -> dict[str, dict[str, dict[str, str | None]]]:
+        return {env: {c: h.as_json() for c, h in placed.items()} for env, placed in self.placements.items()}
+
+
+def replay(entries: list[dict[str, object]]) -> tuple[dict[str, dict[str, Placement]], list[Move], int]:
+    """Applied deploy and rollback lines replayed in ledger order: what each environment holds, every move
+    in ledger order, and how many such lines were skipped for lacking a valid environment, container or version.
+    """
+    approvers: dict[tuple[object, object], str] = {}
+    for e in entries:
+        if e.get("step") == "approve" and is_claim(e) and isinstance(e.get("approver"), str):
+            approvers.setdefault((e.get("run_id"), e.get("deploy_key")), clip(str(e["approver"]), TEXT_MAX))
+    # Config files came with quality gates: lines from then on (test lines naming their checks, unfreezes,
+    # rollbacks) mark the runs, and the part of the ledger, whose deploys wrote one.
+    markers = [i for i, e in enumerate(entries) if _gated(e)]
+    first_gated = markers[0] if markers else len(entries)
+    gated_runs = {entries[i].get("run_id") for i in markers}
+
+    placements: dict[str, dict[str, Placement]] = {env: {} for env in ENVIRONMENTS}
+    deployed: dict[tuple[object, ...], Placement] = {}
+    moves: list[Move] = []
+    skipped = 0
+    for i, e in enumerate(entries):
+        step = e.get("step")
+        if step not in ("deploy", "rollback") or not is_claim(e):
+            continue
+        env, container, version, restored = e.get("env"), e.get("container"), e.get("version"), e.get("restored")
+        if not (env in ENVIRONMENTS and _valid(container, CONTAINER_ID) and _valid(version, VERSION)):
+            skipped += 1
+            continue
+        assert isinstance(env, str) and isinstance(container, str) and isinstance(version, str)
+        run, release_key = e.get("run_id"), e.get("release_key")
+        if step == "deploy":
+            approver = approvers.get((run, e.get("deploy_key"))) or approvers.get((run, release_key))
+            placement = Placement(version, _text(release_key), _text(run), _text(e.get("at")), approver)
+            placement.config_written = i > first_gated or run in gated_runs
+            placement.config_sha256 = _text(e.get("config_sha256"))
+            deployed[(env, container, run, version)] = placement
+            placements[env][container] = placement
+            moves.append(Move(env, container, version, placement.release_key, placement.run_id, placement.at, approver))
+            continue
+        if restored is not None and not (isinstance(restored, dict) and _valid(restored.get("version"), VERSION)):
+            skipped += 1
+            continue
+        back = None
+        if isinstance(restored, dict):
+            back = _restored(restored, deployed.get((env, container, restored.get("run_id"), restored.get("version"))))
+        if back is None:
+            placements[env].pop(container, None)
+        else:
+            placements[env][container] = back
+        by = _text(e.get("by"))
+        moves.append(Move(env, container, version, _text(release_key), _text(run), _text(e.get("at")), by, True, back))
+    return {env: placed for env, placed in placements.items() if placed}, moves, skipped
+
+
+def inventory(workspace: Path) -> Inventory:
+    """What each environment holds as the ledger says, each entry with its drift from the folders."""
+    entries, unreadable = Ledger(workspace / "ledger.jsonl").read()
+    placed, _, skipped = replay(entries)
+    placements = {}
+    for env in ENVIRONMENTS:
+        found = _compared(workspace, env, placed.get(env, {}))
+        if found:
+            placements[env] = found
+    return Inventory(placements, len(unreadable) + skipped)
+
+
+def history(workspace: Path, env: str, container: str | None = None) -> tuple[list[Move], int]:
+    """The promotions and rollbacks into env (of container, if given), newest first; and the skipped lines."""
+    entries, unreadable = Ledger(workspace / "ledger.jsonl").read()
+    _, moves, skipped = replay(entries)
+    mine = [m for m in reversed(moves) if m.env == env and container in (None, m.container)]
+    return mine, len(unreadable) + skipped
+
+
+def check_environment(env: str) -> str:
+    """env in upper case, if it is one of the environments; else ValueError."""
+    if env.upper() not in ENVIRONMENTS:
+        raise ValueError(f"unknown environment {clip(env)!r}; the environments are {', '.join(ENVIRONMENTS)}")
+    return env.upper()
+
+
+def inventory_lines(inv: Inventory) -> list[str]:
+    """The inventory as a table, a line per environment and container, then its drift, one line each."""
+    rows = [
+        [env, c, h.version or "?", h.release_key or "-", _when(h.at), h.approved_by or "-", h.run_id or "-"]
+        for env, placed in inv.placements.items()
+        for c, h in placed.items()
+    ]
+    lines = _table(["ENV", "CONTAINER", "VERSION", "RELEASE", "AT (UTC)", "APPROVED BY", "RUN"], rows)
+    if not rows:
+        lines = ["Nothing deployed: the ledger records no deploy, and the environments hold no artifact."]
+    drifted = [(env, c, h.drift) for env, placed in inv.placements.items() for c, h in placed.items() if h.drift]
+    lines += [_shown(f"drift: {env} {c}: {what}") for env, c, what in drifted]
+    if rows and not drifted:
+        lines.append("No drift: the folders hold what the ledger says.")
+    return lines + _skipped(inv.skipped)
+
+
+def history_lines(moves: list[Move], env: str, container: str | None, skipped: int = 0) -> list[str]:
+    """A line per move, newest first (at most HISTORY_MAX), or one that says there is none."""
+    if not moves:
+        of = f" of {container}" if container else ""
+        return [_shown(f"No promotions or rollbacks{of} into {env} in the ledger."), *_skipped(skipped)]
+    rows = [[f"{_when(m.at)} UTC", m.container, m.version, _what(m)] for m in moves[:HISTORY_MAX]]
+    lines = _table(None, rows)
+    if len(moves) > HISTORY_MAX:
+        lines.append(f"… and {len(moves) - HISTORY_MAX} older ones (the ledger, ledger.jsonl, has them all)")
+    return lines + _skipped(skipped)
+
+
+def print_inventory(workspace: Path, as_json: bool) -> int:
+    """`run_workflow.py inventory [--json]`: the table, or the JSON (a note of skipped lines goes to stderr)."""
+    try:
+        inv = inventory(workspace)
+    except OSError as e:
+        raise ValueError(f"cannot read the workspace {workspace}: {e.strerror or e}") from None
+    if not as_json:
+        print("\n".join(inventory_lines(inv)))
+        return 0
+    print(json.dumps(inv.as_json(), indent=2))
+    for line in _skipped(inv.skipped):
+        print(line, file=sys.stderr)
+    return 0
+
+
+def print_history(workspace: Path, env: str, container: str | None) -> int:
+    """`run_workflow.py history ENV [CONTAINER]`; ValueError for an unknown environment or an invalid container."""
+    env = check_environment(env)
+    if container is not None and not _valid(container, CONTAINER_ID):
+        raise ValueError(f"container {clip(container)!r} is invalid: use lowercase letters, digits, '.', '_' and '-'")
+    try:
+        moves, skipped = history(workspace, env, container)
+    except OSError as e:
+        raise ValueError(f"cannot read the workspace {workspace}: {e.strerror or e}") from None
+    print("\n".join(history_lines(moves, env, container, skipped)))
+    return 0
+
+
+def _compared(workspace: Path, env: str, placed: dict[str, Placement]) -> dict[str, Placement]:
+    """placed, with each entry's drift from the environment's folder, and an entry for each container only there."""
+    folder = workspace / "environments" / env
+    files: dict[str, list[str]] = {}
+    for name in _names(folder):
+        files.setdefault(name.rpartition("-")[0] or name, []).append(name)
+    configs = {n.removesuffix(".json") for n in _names(folder / "config") if n.endswith(".json")}
+    found: dict[str, Placement] = {}
+    for c in sorted(placed.keys() | files.keys() | configs):
+        names = files.get(c, [])
+        h = placed.get(c)
+        if h is None:
+            version = names[0].rpartition("-")[2] if len(names) == 1 else None
+            others = [f"folder holds {', '.join(names)}"] if len(names) > 1 else []
+            what = ["not in the ledger", *others, *([] if names else ["only a config file"])]
+            found[clip(c, TEXT_MAX)] = Placement(_text(version) or None, drift=_drift(what))
+            continue
+        want = f"{c}-{h.version}"
+        others = [n for n in names if n != want]
+        what: list[str] = []
+        if want not in names:
+            what.append(
+                f"folder holds {', '.join(others)}, not {want}" if others else f"{want} is missing from the folder"
+            )
+        else:
+            what += [f"folder also holds {', '.join(others)}"] if others else []
+            what += _artifact_drift(folder / want, workspace / ARTIFACTORY / want)
+        what += _config_drift(folder / "config" / f"{c}.json", {"artifact": want, "environment": env}, h)
+        h.drift = _drift(what)
+        found[c] = h
+    return found
+
+
+def _artifact_drift(path: Path, built: Path) -> list[str]:
+    if not built.is_file():
+        return [f"the artifactory has no {path.name} to compare it with"]
+    try:
+        same = filecmp.cmp(path, built, shallow=False)
+    except OSError as e:
+        return [f"{path.name} cannot be read: {e.strerror or e}"]
+    return [] if same else [f"{path.name} differs from the artifactory's"]
+
+
+def _config_drift(path: Path, expected: dict[str, object], h: Placement) -> list[str]:
+    try:
+        data = path.read_bytes()
+        body = json.loads(data)
+    except FileNotFoundError:
+        return ["no config file"] if h.config_written else []
+    except (OSError, ValueError, RecursionError):
+        body = None
+    if not isinstance(body, dict):
+        return ["config file cannot be read"]
+    expected = {**expected, "release_key": h.release_key}
+    differ = [f"{k} {clip(str(body.get(k)))}" for k, v in expected.items() if body.get(k) != v]
+    if differ:
+        return [f"config file says {', '.join(differ)}"]
+    if h.config_sha256 is not None and hashlib.sha256(data).hexdigest() != h.config_sha256:
+        return ["config file differs from the one its deploy wrote"]
+    return []
+
+
+def _restored(restored: dict[str, object], deployed: Placement | None) -> Placement:
+    """What a rollback line gives back; from the deploy that first put it there where the line lacks a field."""
+    back = Placement(*(_text(restored.get(k)) for k in ENTRY_FIELDS))
+    if "approved_by" not in restored and deployed is not None:
+        back.approved_by = deployed.approved_by
+    back.config_written = deployed.config_written if deployed is not None else True
+    back.config_sha256 = _text(restored.get("config_sha256")) or (deployed.config_sha256 if deployed else None)
+    return back
+
+
+def _gated(entry: dict[str, object]) -> bool:
+    step = entry.get("step")
+    return step in ("unfreeze", "rollback") or (step == "test" and ("checks" in entry or "failed_check" in entry))
+
+
+def _valid(value: object, pattern: re.Pattern[str]) -> bool:
+    # The names make paths: a hand-written line must not send a comparison outside the workspace.
+    return isinstance(value, str) and bool(pattern.fullmatch(value)) and ".." not in value
+
+
+def _text(value: object) -> str | None:
+    return clip(value, TEXT_MAX) if isinstance(value, str) else None
+
+
+def _names(folder: Path) -> list[str]:
+    """The files in folder, hidden temporary ones left out; none if it is not there."""
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def _drift(what: list[str]) -> str | None:
+    return clip("; ".join(what), DRIFT_MAX) if what else None
+
+
+def _what(m: Move) -> str:
+    run = f"{m.release_key or '?'} (run {m.run_id or '?'})"
+    if not m.rollback:
+        return f"promoted by {run}" + (f", approved by {m.by}" if m.by else "")
+    back = f"to {m.restored.version}" if m.restored else "(nothing before)"
+    return f"rolled back {back} by {run}" + (f", asked by {m.by}" if m.by else "")
+
+
+def _when(at: str | None) -> str:
+    """An ISO time as "2024-01-24 10:00:03" in UTC (a time without a zone is UTC); what it says if it is not one."""
+    try:
+        when = datetime.fromisoformat(at or "")
+    except ValueError:
+        return clip(at or "?", CELL_MAX)
+    when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    return when.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _table(header: list[str] | None, rows: list[list[str]]) -> list[str]:
+    """Rows in aligned columns (the last one unpadded, and clipped longer), cells made printable."""
+    cells = [
+        [_shown(clip(cell, CELL_MAX if i < len(row) - 1 else DRIFT_MAX)) for i, cell in enumerate(row)]
+        for row in ([header] if header else []) + rows
+    ]
+    if not cells:
+        return []
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]) - 1)]
+    return ["  ".join([*(cell.ljust(w) for cell, w in zip(row, widths, strict=False)), row[-1]]) for row in cells]
+
+
+def _shown(text: str) -> str:
+    """text with anything that could draw in a terminal (newlines, escapes) replaced by '?'."""
+    return "".join(ch if ch.isprintable() else "?" for ch in text)
+
+
+def _skipped(count: int) -> list[str]:
+    if not count:
+        return []
+    lines = "line" if count == 1 else "lines"
+    return [f"note: {count} ledger {lines} could not be read and {'was' if count == 1 else 'were'} skipped"]

@@ -1,0 +1,99 @@
+"""The workspace's folders and files, and the writes every step makes: atomic, and only when the bytes change.
+
+Plain Python, no temporalio. Artifacts are files named "<container>-<version>" in the artifactory and in each
+environment's folder; an environment's config/ folder holds one configuration file per container.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from contextlib import suppress
+from pathlib import Path
+
+from shared import DeployInfo, StepInput
+
+# The config file as a rollback keeps it: not an artifact's name, which has a version after its last "-".
+KEPT_CONFIG = "config.json"
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write via a hidden temporary file and a rename, so a crash leaves old or new, never half."""
+    # A name of its own per writer: two releases building the same artifact at once
+    # must not write into one temporary file and rename each other's half-written data.
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_if_changed(path: Path, data: bytes) -> bool:
+    """Write data atomically unless path already holds it; whether it wrote."""
+    try:
+        if path.read_bytes() == data:
+            return False
+    except FileNotFoundError:
+        pass
+    atomic_write(path, data)
+    return True
+
+
+def bytes_of(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def artifact_name(d: DeployInfo) -> str:
+    return f"{d.container_id}-{d.version}"
+
+
+def container_of(artifact: str) -> str:
+    return artifact.rsplit("-", 1)[0]
+
+
+class Workspace:
+    """Where a workspace keeps what: the artifactory, each environment's folder, reports, rollback keepsakes."""
+
+    def __init__(self, workspace: Path) -> None:
+        self.workspace = workspace
+        self.artifactory = workspace / "artifactory"
+
+    def env_dir(self, env: str) -> Path:
+        return self.workspace / "environments" / env
+
+    def report_path(self, d: DeployInfo, env: str, check: str) -> Path:
+        return self.artifactory / "reports" / artifact_name(d) / f"{env}-{check}.json"
+
+    def config_path(self, env: str, container: str) -> Path:
+        return self.env_dir(env) / "config" / f"{container}.json"
+
+    def kept_path(self, step: StepInput) -> Path:
+        """Where a deploy keeps what step.env held of its container before the run changed it."""
+        return self.env_dir(step.env) / ".rollback" / step.run_id / step.deploy.container_id
+
+    def contents(self, env: str) -> list[str]:
+        """Artifacts deployed to env (hidden temporary files excluded)."""
+        folder = self.env_dir(env)
+        if not folder.is_dir():
+            return []
+        return sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+    def files_of(self, env: str, container: str) -> list[Path]:
+        """The artifact files of container in env."""
+        folder = self.env_dir(env)
+        if not folder.is_dir():
+            return []
+        return [
+            p
+            for p in folder.iterdir()
+            if p.is_file() and not p.name.startswith(".") and container_of(p.name) == container
+        ]
