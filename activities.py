@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, CancelledError, FailureError
 
-from orchestrator.command_runner import CommandCancelled, CommandError
+from orchestrator.command_runner import CommandCancelled, CommandError, Liveness
 from orchestrator.errors import ReleaseError
 from release_management import ReleaseManagement
 from shared import (
@@ -68,33 +68,19 @@ class ReleaseActivities:
 
     @activity.defn
     def gather_deployments(self, release_key: str) -> ReleaseInfo:
-        what = f"gather deployments of {clip(release_key)}"
-
-        def run() -> ReleaseInfo:
-            self.failures.maybe_fail(what, activity.info().attempt)
-            return self.rm.gather_deployments(release_key)
-
-        return self._run(what, run)
+        return self._bookkeeping(
+            f"gather deployments of {clip(release_key)}", lambda: self.rm.gather_deployments(release_key)
+        )
 
     @activity.defn
     def gather_release_approval(self, release: ReleaseInfo) -> ApprovalReport:
-        what = f"check approval of {release.release_key}"
-
-        def run() -> ApprovalReport:
-            self.failures.maybe_fail(what, activity.info().attempt)
-            return self.rm.gather_release_approval(release)
-
-        return self._run(what, run)
+        return self._bookkeeping(
+            f"check approval of {release.release_key}", lambda: self.rm.gather_release_approval(release)
+        )
 
     @activity.defn
     def check_upstream(self, release: ReleaseInfo) -> None:
-        what = f"check what {release.release_key} promotes"
-
-        def run() -> None:
-            self.failures.maybe_fail(what, activity.info().attempt)
-            self.rm.check_upstream(release)
-
-        self._run(what, run)
+        self._bookkeeping(f"check what {release.release_key} promotes", lambda: self.rm.check_upstream(release))
 
     @activity.defn
     def record_approval(self, record: ApprovalRecord) -> None:
@@ -122,7 +108,7 @@ class ReleaseActivities:
 
         def run() -> StepResult:
             self.failures.maybe_fail(what, attempt, key=step.release_key)
-            outcome = self.rm.rollback(step, attempt=attempt, progress=activity.heartbeat, by=request.by)
+            outcome = self.rm.rollback(step, attempt=attempt, live=Liveness(activity.heartbeat), by=request.by)
             return StepResult(artifact=outcome.artifact, attempt=attempt, applied=outcome.applied)
 
         return self._run(what, run)
@@ -133,11 +119,20 @@ class ReleaseActivities:
 
         def run() -> StepResult:
             self.failures.maybe_fail(what, attempt, key=step.release_key)
-            outcome = getattr(self.rm, verb)(step, attempt=attempt, progress=activity.heartbeat, cancelled=_cancelled)
+            outcome = getattr(self.rm, verb)(step, attempt=attempt, live=Liveness(activity.heartbeat, _cancelled))
             # The ledger line is written: a strike here (FAILURE_AT=end) makes Temporal run a
             # step again that is applied and recorded.
             self.failures.maybe_fail(what, attempt, key=step.release_key, point="end")
             return StepResult(artifact=outcome.artifact, attempt=attempt, applied=outcome.applied)
+
+        return self._run(what, run)
+
+    def _bookkeeping(self, what: str, fn: Callable[[], T]) -> T:
+        """A bookkeeping step: simulated faults strike it too (FAILURE_RATE), before it runs."""
+
+        def run() -> T:
+            self.failures.maybe_fail(what, activity.info().attempt)
+            return fn()
 
         return self._run(what, run)
 

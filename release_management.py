@@ -18,6 +18,7 @@ from typing import NamedTuple
 from pydantic import ValidationError
 
 from orchestrator.catalog import QUOTE_MAX, Catalog, gather, load_catalog
+from orchestrator.command_runner import ALONE, Liveness
 from orchestrator.command_steps import CommandSteps
 from orchestrator.errors import (
     CatalogError,
@@ -52,14 +53,6 @@ class StepOutcome(NamedTuple):
     artifact: str
     # False when this execution found the effect already in place (and the ledger already claims it).
     applied: bool
-
-
-def _noop() -> None:
-    pass
-
-
-def _never() -> bool:
-    return False
 
 
 class ReleaseManagement(Workspace):
@@ -131,33 +124,21 @@ class ReleaseManagement(Workspace):
 
     # --- steps -----------------------------------------------------------------------------------------------
 
-    def build(
-        self,
-        step: StepInput,
-        attempt: int = 1,
-        progress: Callable[[], None] = _noop,
-        cancelled: Callable[[], bool] = _never,
-    ) -> StepOutcome:
+    def build(self, step: StepInput, attempt: int = 1, live: Liveness = ALONE) -> StepOutcome:
         """Write the artifact; applied if this execution wrote it (it was missing or different)."""
         started = now_iso()
         step = _checked(step, "build")
         d = step.deploy
-        self._work(progress)
+        self._work(live)
         self.artifactory.mkdir(parents=True, exist_ok=True)
         artifact = self.artifactory / artifact_name(d)
-        applied = CommandSteps(self, step, progress, cancelled).build()
+        applied = CommandSteps(self, step, live).build()
         if applied is None:
             applied = write_if_changed(artifact, build_content(d, step.release_key))
         self._effect_in_place("build", step, attempt)
         return StepOutcome(artifact.name, self._record(step, "build", attempt, started, applied))
 
-    def deploy(
-        self,
-        step: StepInput,
-        attempt: int = 1,
-        progress: Callable[[], None] = _noop,
-        cancelled: Callable[[], bool] = _never,
-    ) -> StepOutcome:
+    def deploy(self, step: StepInput, attempt: int = 1, live: Liveness = ALONE) -> StepOutcome:
         """Copy the artifact from the environment before, with its configuration; applied if it changed a file.
 
         Refused (NotVerified) unless the ledger shows this version passing its tests in the
@@ -176,14 +157,14 @@ class ReleaseManagement(Workspace):
         d, env = step.deploy, step.env
         name = artifact_name(d)
         source, missing = promotable(self, self.ledger, d, env, step.redeploy)
-        self._work(progress)
+        self._work(live)
         self.env_dir(env).mkdir(parents=True, exist_ok=True)
         keep_before(self, step)
         try:
             data = source.read_bytes()
         except FileNotFoundError:
             raise missing from None  # removed while this step worked: no retry brings it back
-        applied = CommandSteps(self, step, progress, cancelled).deploy(data, source.parent.name)
+        applied = CommandSteps(self, step, live).deploy(data, source.parent.name)
         if applied is None:
             applied = write_if_changed(self.env_dir(env) / name, data)
         if self.midway is not None:
@@ -205,13 +186,7 @@ class ReleaseManagement(Workspace):
         extra = {"config_sha256": hashlib.sha256(rendered).hexdigest()}
         return StepOutcome(name, self._record(step, "deploy", attempt, started, applied, extra))
 
-    def test(
-        self,
-        step: StepInput,
-        attempt: int = 1,
-        progress: Callable[[], None] = _noop,
-        cancelled: Callable[[], bool] = _never,
-    ) -> StepOutcome:
+    def test(self, step: StepInput, attempt: int = 1, live: Liveness = ALONE) -> StepOutcome:
         """Run the environment's quality gates on the deployed artifact, then its health check; one report each.
 
         Applied if this execution wrote a report. A failed check is final (GateFailed, or VerificationFailed
@@ -224,9 +199,9 @@ class ReleaseManagement(Workspace):
         name = artifact_name(d)
         if not (self.env_dir(env) / name).is_file():
             raise MissingArtifact(f"cannot test {d.container_id} {d.version} in {env}: {env} does not hold {name}")
-        self._work(progress)
+        self._work(live)
 
-        commands = CommandSteps(self, step, progress, cancelled)
+        commands = CommandSteps(self, step, live)
 
         def check(check: str) -> Verdict:
             return commands.check(check) or self._simulated_check(step, check)
@@ -241,9 +216,7 @@ class ReleaseManagement(Workspace):
         extra = {"passed": True, "checks": d.checks_in(env)}
         return StepOutcome(name, self._record(step, "test", attempt, started, applied, extra))
 
-    def rollback(
-        self, step: StepInput, attempt: int = 1, progress: Callable[[], None] = _noop, by: str | None = None
-    ) -> StepOutcome:
+    def rollback(self, step: StepInput, attempt: int = 1, live: Liveness = ALONE, by: str | None = None) -> StepOutcome:
         """Give step.env back exactly what it held of the container before this run deployed there.
 
         The artifact files and the config file, byte for byte, or nothing if it held nothing (see
@@ -254,7 +227,7 @@ class ReleaseManagement(Workspace):
         step = _checked(step, "roll back")
         if not self.kept_path(step).is_dir():
             return StepOutcome("", False)
-        self._work(progress)
+        self._work(live)
         old, applied = restore(self, step, lambda: self.midway("rollback", step, attempt) if self.midway else None)
         entries = self.ledger.entries() if old else []  # a rollback is rare: a deploy must not pay for this
         restored = holder_before(entries, step.env, step.deploy.container_id, step.run_id) if old else None
@@ -303,12 +276,12 @@ class ReleaseManagement(Workspace):
         if self.after_effect is not None:
             self.after_effect(verb, step, attempt)
 
-    def _work(self, progress: Callable[[], None]) -> None:
+    def _work(self, live: Liveness) -> None:
         # Simulated work, in short slices so the caller can report liveness. A step that takes
         # no time has none to report: a heartbeat would cost it a round trip to the server.
         deadline = time.monotonic() + self.step_seconds
         while (left := deadline - time.monotonic()) > 0:
-            progress()
+            live.heartbeat()
             time.sleep(min(left, 0.5))
 
     def _record(

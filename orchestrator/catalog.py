@@ -38,12 +38,6 @@ from shared import (
 QUOTE_MAX = 300
 
 
-def _known_environment(env: str) -> str:
-    if env not in ENVIRONMENTS:
-        raise ValueError(f"unknown environment {clip(env)!r}; the environments are {', '.join(ENVIRONMENTS)}")
-    return env
-
-
 class CatalogRelease(BaseModel):
     release_key: str
     release_date: str | None = None
@@ -54,6 +48,12 @@ class CatalogRelease(BaseModel):
     unapproved: list[str] = Field(default_factory=list)
     approval_policy: ApprovalPolicy | None = None
     on_failure: OnFailure | None = None
+
+
+def _known_environment(env: str) -> str:
+    if env not in ENVIRONMENTS:
+        raise ValueError(f"unknown environment {clip(env)!r}; the environments are {', '.join(ENVIRONMENTS)}")
+    return env
 
 
 class ReleaseEnvironments(BaseModel):

@@ -28,6 +28,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, ClassVar
 
@@ -89,7 +90,7 @@ class CommandTimeout(CommandRetry):
     """The command ran past its timeout and was killed, with its children.
 
     Retryable: a step that overran this time was most often kept waiting (a slow network, a busy registry,
-    a lock held elsewhere), not told it is wrong; the kill leaves nothing of it running, and steps are
+    a lock taken elsewhere), not told it is wrong; the kill leaves nothing of it running, and steps are
     idempotent, so a new attempt is safe. One that always hangs is retried like any transient failure, each
     attempt visible with this message, until a person cancels the release. To make a hang final, a command
     can time itself out and exit with a code that is not in retry_exit_codes.
@@ -115,6 +116,20 @@ def _noop() -> None:
 
 def _never() -> bool:
     return False
+
+
+@dataclass(frozen=True)
+class Liveness:
+    """How a step that works a while says it is alive (heartbeat), and learns that it should stop (cancelled).
+
+    The worker's activities pass Temporal's heartbeat and cancellation; a step run on its own needs neither.
+    """
+
+    heartbeat: Callable[[], None] = _noop
+    cancelled: Callable[[], bool] = _never
+
+
+ALONE = Liveness()
 
 
 def run_command(
@@ -160,7 +175,7 @@ def run_command(
             error = _cannot_start(program, e)
             file.write(f"{error}\n".encode())  # the log says why it holds nothing else
             raise error from None
-        stopped = _run_to_its_end(proc, sink, command.timeout_seconds, heartbeat, cancelled)
+        stopped = _run_to_its_end(proc, sink, command.timeout_seconds, Liveness(heartbeat, cancelled))
         sink.finish()
     return _outcome(command, program, proc.returncode, stopped, sink)
 
@@ -203,17 +218,11 @@ def _environment(values: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-def _run_to_its_end(
-    proc: subprocess.Popen[bytes],
-    sink: _Output,
-    timeout: float,
-    heartbeat: Callable[[], None],
-    cancelled: Callable[[], bool],
-) -> str | None:
+def _run_to_its_end(proc: subprocess.Popen[bytes], sink: _Output, timeout: float, live: Liveness) -> str | None:
     """Watch the command to its end (None), timeout or cancel; then nothing of its process group is left."""
     assert proc.stdout is not None
     try:
-        return _watch(proc, sink, timeout, heartbeat, cancelled)
+        return _watch(proc, sink, timeout, live)
     finally:
         # Every way out, heartbeat() or cancelled() raising included: nothing of the command outlives
         # this call. Whatever of its group still runs (the command itself on timeout or cancel, the
@@ -385,13 +394,7 @@ class _Output:
         return lines[-LAST_LINES:]
 
 
-def _watch(
-    proc: subprocess.Popen[bytes],
-    sink: _Output,
-    timeout: float,
-    heartbeat: Callable[[], None],
-    cancelled: Callable[[], bool],
-) -> str | None:
+def _watch(proc: subprocess.Popen[bytes], sink: _Output, timeout: float, live: Liveness) -> str | None:
     """Copy the output until the command ends (None), runs past its timeout ("timeout") or is cancelled ("cancel").
 
     The command is not reaped here: until it is, its pid, hence its process group's id, cannot be reused, so
@@ -409,11 +412,11 @@ def _watch(
         while True:
             now = time.monotonic()
             if now >= next_beat:
-                heartbeat()
+                live.heartbeat()
                 next_beat = now + HEARTBEAT_SECONDS
             if exited(proc.pid):
                 return None
-            if cancelled():
+            if live.cancelled():
                 return "cancel"
             if now >= deadline:
                 return "timeout"

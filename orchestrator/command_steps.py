@@ -6,10 +6,9 @@ is then simulated by release_management.py.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
-from orchestrator.command_runner import CommandFailed, CommandRefused, run_command
+from orchestrator.command_runner import CommandFailed, CommandRefused, Liveness, run_command
 from orchestrator.gates import Verdict
 from orchestrator.step_commands import StepCommand, StepCommands, placeholders_for
 from orchestrator.workspace import Workspace, artifact_name, bytes_of
@@ -17,12 +16,10 @@ from shared import StepInput
 
 
 class CommandSteps:
-    """step's commands, with the step's liveness (progress) and cancellation (cancelled) passed to each run."""
+    """step's commands, each run with the step's liveness."""
 
-    def __init__(
-        self, ws: Workspace, step: StepInput, progress: Callable[[], None], cancelled: Callable[[], bool]
-    ) -> None:
-        self.ws, self.step, self.progress, self.cancelled = ws, step, progress, cancelled
+    def __init__(self, ws: Workspace, step: StepInput, live: Liveness) -> None:
+        self.ws, self.step, self.live = ws, step, live
         # Checked again here: the payload may come from a client that skipped the catalog.
         self.commands = StepCommands.model_validate(step.deploy.commands or {})
 
@@ -75,4 +72,4 @@ class CommandSteps:
         """Run a step's command in the workspace, its output in log; CommandError says how it failed."""
         log.parent.mkdir(parents=True, exist_ok=True)
         values = placeholders_for(self.step.deploy, self.step.release_key, env, artifact, check)
-        run_command(command, values, self.ws.workspace, log, heartbeat=self.progress, cancelled=self.cancelled)
+        run_command(command, values, self.ws.workspace, log, self.live.heartbeat, self.live.cancelled)

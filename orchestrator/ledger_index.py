@@ -14,6 +14,9 @@ from pathlib import Path
 
 from orchestrator.ledger_format import identity_of, is_claim, parse_lines, proof_of, read_bytes
 
+# What _lookup answers when the index fails: the ledger answers instead.
+FAILED = object()
+
 # Connections to an index that a forked child inherited: SQLite forbids using them in the child, closing
 # included, so they are kept here, unused, for its life.
 _INHERITED: list[sqlite3.Connection] = []
@@ -90,24 +93,23 @@ class ClaimIndex:
 
     def claimed(self, identity: tuple[object, ...]) -> bool | None:
         """Whether a line claims identity; None if the index fails (then the ledger answers)."""
-        assert self.db is not None
-        try:
-            return self.db.execute("SELECT 1 FROM claims WHERE identity = ?", (_key(identity),)).fetchone() is not None
-        except sqlite3.Error as e:
-            self._close()
-            self._warn(e)
-            return None
+        found = self._lookup("SELECT 1 FROM claims WHERE identity = ?", identity)
+        return None if found is FAILED else found is not None
 
     def verified(self, proof: tuple[object, ...]) -> bool | None:
         """Whether the latest line about proof proves it (see proof_of); None if the index fails."""
+        found = self._lookup("SELECT passed FROM proofs WHERE proof = ?", proof)
+        return None if found is FAILED else found is not None and bool(found[0])
+
+    def _lookup(self, sql: str, key: tuple[object, ...]) -> tuple[object, ...] | None | object:
+        """The row sql finds for key; FAILED if the index fails (it is closed, and warned about once)."""
         assert self.db is not None
         try:
-            row = self.db.execute("SELECT passed FROM proofs WHERE proof = ?", (_key(proof),)).fetchone()
-            return row is not None and bool(row[0])
+            return self.db.execute(sql, (_key(key),)).fetchone()
         except sqlite3.Error as e:
             self._close()
             self._warn(e)
-            return None
+            return FAILED
 
     def commit(self, fd: int) -> None:
         """Index what was appended since begin, and commit; if that fails, the next begin catches up."""

@@ -5,6 +5,7 @@ Plain Python, no temporalio.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Iterable
@@ -82,11 +83,21 @@ class Settings:
             metrics_port=int(port) if port else None,
             failing_checks=parse_failing_checks(env.get("FAILING_CHECKS", "")),
             versioning=_one_of("WORKER_VERSIONING", env.get("WORKER_VERSIONING", "") or "auto", VERSIONING_MODES),
-            deployment=_named(
-                "WORKER_DEPLOYMENT", env.get("WORKER_DEPLOYMENT", "") or DEFAULT_DEPLOYMENT, DEPLOYMENT_NAME
-            ),
+            deployment=_named("WORKER_DEPLOYMENT", env.get("WORKER_DEPLOYMENT", ""), DEPLOYMENT_NAME)
+            or default_deployment(env.get("RELEASE_TASK_QUEUE") or TASK_QUEUE),
             build_id=_named("WORKER_BUILD_ID", env.get("WORKER_BUILD_ID", ""), BUILD_ID) or None,
         )
+
+
+def default_deployment(task_queue: str) -> str:
+    """The worker deployment of a task queue: one per task queue, since a version becomes current for every
+    queue its deployment serves. release-orchestrator for the default queue."""
+    if task_queue == TASK_QUEUE:
+        return DEFAULT_DEPLOYMENT
+    name = re.sub(r"[^A-Za-z0-9_-]", "-", task_queue)[:60]
+    if name != task_queue:
+        name += "-" + hashlib.sha256(task_queue.encode()).hexdigest()[:8]  # two queues never share one by accident
+    return f"{DEFAULT_DEPLOYMENT}-{name}"
 
 
 def _one_of(name: str, value: str, allowed: Iterable[str]) -> str:

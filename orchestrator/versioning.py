@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import tomllib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from temporalio.api.enums.v1 import WorkerDeploymentVersionStatus
@@ -56,12 +57,12 @@ def project_version() -> str:
         return "0+unknown"
 
 
-def code_digest() -> str:
-    """12 hex digits of the SHA-256 of the workflow code, file by file in path order."""
+def code_digest(root: Path = REPO_ROOT) -> str:
+    """12 hex digits of the SHA-256 of the workflow code under root, file by file in path order."""
     digest = hashlib.sha256()
-    files = sorted({p for pattern in WORKFLOW_CODE for p in REPO_ROOT.glob(pattern) if p.is_file()})
+    files = sorted({p for pattern in WORKFLOW_CODE for p in root.glob(pattern) if p.is_file()})
     for path in files:
-        digest.update(path.relative_to(REPO_ROOT).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:12]
 
 

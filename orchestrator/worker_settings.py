@@ -9,7 +9,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from orchestrator.settings import Settings
+from orchestrator.settings import Settings, default_deployment
 
 # The settings a worker runs with, in a fixed order: `make worker` compares a running
 # worker's (recorded in .temporal/worker.settings) with those an invocation asks for.
@@ -33,7 +33,7 @@ OPTIONAL_DEFAULTS = {
     "WORKER_METRICS_PORT": "",
     "FAILING_CHECKS": "",
     "WORKER_VERSIONING": "auto",
-    "WORKER_DEPLOYMENT": "release-orchestrator",
+    "WORKER_DEPLOYMENT": "",
 }
 # Derived from the code unless set: a restart picks the new value up by itself, so a hint never repeats it.
 DERIVED = ("WORKER_BUILD_ID",)
@@ -59,7 +59,10 @@ def settings_of(settings: Settings, target: dict, build_id: str) -> dict[str, st
         "WORKER_METRICS_PORT": "" if settings.metrics_port is None else str(settings.metrics_port),
         "FAILING_CHECKS": ",".join(sorted(":".join(c) for c in settings.failing_checks)),
         "WORKER_VERSIONING": settings.versioning,
-        "WORKER_DEPLOYMENT": settings.deployment,
+        # Shown only when set: by default it follows the task queue (settings.default_deployment).
+        "WORKER_DEPLOYMENT": ""
+        if settings.deployment == default_deployment(settings.task_queue)
+        else settings.deployment,
     }
     return {name: values[name] for name in SETTING_NAMES} | {
         name: value for name, value in optional.items() if value != OPTIONAL_DEFAULTS[name]

@@ -45,12 +45,36 @@ KILLED = {"killed", "timeout", "caught by type check"}
 # Nearly every workflow test calls release_management and shared through the activities; with
 # those too, a surviving mutant there would cost minutes, and the whole run days. So a mutant of
 # the system being orchestrated answers to its own tests, one of the workflows to the workflow tests.
-UNIT = ("tests/test_release_management.py", "tests/test_ledger.py", "tests/test_mutation_gaps.py")
+UNIT = (
+    "tests/test_release_management.py",
+    "tests/test_ledger.py",
+    "tests/test_mutation_gaps.py",
+    "tests/test_promotion.py",
+    "tests/test_gates.py",
+    "tests/test_catalog.py",
+    "tests/test_deploy.py",
+)
+WORKFLOW = (
+    "tests/test_release_run.py",
+    "tests/test_workflows.py",
+    "tests/test_approvals.py",
+    "tests/test_reliability.py",
+)
+# By the mutant's module (its name's dotted prefix); the longest prefix that matches wins.
 TESTS_BY_MODULE = {
     "release_management": {*UNIT, "tests/test_idempotency.py"},
     "shared": {*UNIT, "tests/test_idempotency.py"},
-    "activities": {*UNIT, "tests/test_idempotency.py", "tests/test_workflows.py", "tests/test_reliability.py"},
+    "orchestrator": {*UNIT, "tests/test_idempotency.py"},
+    "activities": {*UNIT, "tests/test_idempotency.py", *WORKFLOW},
+    "orchestrator.flow": {*WORKFLOW, "tests/test_replay.py"},
 }
+
+
+def tests_for(mutant: str) -> set[str] | None:
+    """The test files a mutant answers to (None: all that mutmut found calling it)."""
+    module = mutant.rsplit(".", 1)[0]
+    matches = [prefix for prefix in TESTS_BY_MODULE if module == prefix or module.startswith(prefix + ".")]
+    return TESTS_BY_MODULE[max(matches, key=len)] if matches else None
 
 
 def _testing_a_mutant() -> bool:
@@ -84,7 +108,7 @@ def _plugin() -> object:
         def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
             if not _testing_a_mutant():
                 return
-            keep = TESTS_BY_MODULE.get(os.environ["MUTANT_UNDER_TEST"].split(".", 1)[0])
+            keep = tests_for(os.environ["MUTANT_UNDER_TEST"])
             if keep is None:
                 return
             selected = [item for item in items if item.nodeid.split("::", 1)[0] in keep]

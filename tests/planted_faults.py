@@ -1,15 +1,18 @@
 """Faults that once went unnoticed, planted again: each must make the tests fail.
 
-`make faults` copies the repository into a temporary folder once per fault, changes the
-code there (never here), runs the test files that should notice, and prints caught or
-MISSED for each. A fault whose code is no longer found is reported as stale, so this list
-cannot silently stop planting anything. `make faults ARGS="-k ledger"` plants a subset;
-`--all` runs the whole suite against each fault instead of its own test files.
+`make faults` copies the repository into a temporary folder once per fault, changes the code there (never
+here), runs the test files that should notice, and prints caught or MISSED for each. A fault names the
+function (or module-level name) it changes, found through `ast` in whatever product file holds it now, and
+a piece of code that must occur once in it: moving the function to another module does not make it stale;
+rewriting that code does, and a stale fault is reported (as is a test file that no longer exists), so this
+list cannot silently stop planting anything. `make faults ARGS="-k ledger"` plants a subset; `--all` runs
+the whole suite against each fault instead of its own test files.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import shutil
 import subprocess
 import sys
@@ -20,265 +23,362 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+NOT_PRODUCT = ("tests", "resources", "mutants", "examples")
 
 
 @dataclass(frozen=True)
 class Fault:
     name: str
-    file: str
-    old: str  # must occur exactly once in file
+    where: str  # a function ("ReleaseManagement.build", "atomic_write") or a module-level name
+    old: str  # must occur exactly once in it
     new: str
     tests: tuple[str, ...]
 
 
+def _fault(name: str, where: str, old: str, new: str, *tests: str) -> Fault:
+    return Fault(name, where, old, new, tuple(f"tests/{t}" for t in tests))
+
+
 FAULTS = [
-    Fault(
+    # --- idempotent steps, atomic writes, the ledger
+    _fault(
         "build always rewrites its artifact",
-        "release_management.py",
-        "            if applied:\n                atomic_write(artifact, content)",
-        "            if True:\n                atomic_write(artifact, content)",
-        ("tests/test_idempotency.py", "tests/test_release_management.py"),
+        "ReleaseManagement.build",
+        "            applied = write_if_changed(artifact, build_content(d, step.release_key))\n",
+        "            applied = not artifact.exists() or artifact.read_bytes() != build_content(d, step.release_key)\n"
+        "            __import__('orchestrator.workspace').workspace.atomic_write(artifact, "
+        "build_content(d, step.release_key))\n",
+        "test_idempotency.py",
+        "test_release_management.py",
     ),
-    Fault(
+    _fault(
         "deploy writes its file twice",
-        "release_management.py",
-        "        applied = _write_if_changed(target, data)\n",
-        "        applied = _write_if_changed(target, data)\n        atomic_write(target, data)\n",
-        ("tests/test_idempotency.py", "tests/test_release_management.py"),
+        "ReleaseManagement.deploy",
+        "            applied = write_if_changed(self.env_dir(env) / name, data)\n",
+        "            applied = write_if_changed(self.env_dir(env) / name, data)\n"
+        "            __import__('orchestrator.workspace').workspace.atomic_write(self.env_dir(env) / name, data)\n",
+        "test_idempotency.py",
+        "test_release_management.py",
     ),
-    Fault(
+    _fault(
         "an activity runs each step twice",
-        "activities.py",
+        "ReleaseActivities._step",
         "            outcome = getattr(self.rm, verb)(",
-        "            getattr(self.rm, verb)(step, attempt=attempt, progress=activity.heartbeat, cancelled=_cancelled)\n"
+        "            getattr(self.rm, verb)(step, attempt=attempt, live=Liveness(activity.heartbeat, _cancelled))\n"
         "            outcome = getattr(self.rm, verb)(",
-        ("tests/test_idempotency.py", "tests/test_workflows.py"),
+        "test_idempotency.py",
+        "test_workflows.py",
     ),
-    Fault(
+    _fault(
         "writes without the temporary file and rename",
-        "release_management.py",
+        "atomic_write",
         '    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial")\n',
-        "    path.write_bytes(data)\n    return\n"
-        '    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial")\n',
-        ("tests/test_idempotency.py", "tests/test_release_management.py"),
+        "    path.write_bytes(data)\n    return\n",
+        "test_idempotency.py",
+        "test_release_management.py",
     ),
-    Fault(
-        "the old version removed before the new one is written",
-        "release_management.py",
-        "        applied = _write_if_changed(target, data)\n",
-        "        for old in target_dir.iterdir():\n"
-        "            if old.name != name and old.is_file() and _container_of(old.name) == d.container_id:\n"
-        "                old.unlink()\n"
-        "        applied = _write_if_changed(target, data)\n",
-        ("tests/test_idempotency.py", "tests/test_release_management.py"),
-    ),
-    Fault(
-        "the old version removed before the configuration names the new one",
-        "release_management.py",
-        '        if self.midway is not None:\n            self.midway("deploy", step, attempt)\n',
-        "        for old in target_dir.iterdir():\n"
-        "            if old.name != name and old.is_file() and _container_of(old.name) == d.container_id:\n"
-        "                old.unlink()\n"
-        '        if self.midway is not None:\n            self.midway("deploy", step, attempt)\n',
-        ("tests/test_gates.py",),
-    ),
-    Fault(
-        "the configuration written before the artifact it names",
-        "release_management.py",
-        "        applied = _write_if_changed(target, data)\n        if self.midway is not None:\n",
-        "        config = self.config_path(env, d.container_id)\n"
-        "        config.parent.mkdir(exist_ok=True)\n"
-        "        _write_if_changed(config, render_config(d, env, step.release_key))\n"
-        "        applied = _write_if_changed(target, data)\n        if self.midway is not None:\n",
-        ("tests/test_gates.py",),
-    ),
-    Fault(
-        "placeholders in configuration values left as they are",
-        "release_management.py",
-        '.replace("{env}", env)',
-        "",
-        ("tests/test_gates.py",),
-    ),
-    Fault(
-        "a deploy no longer asks the ledger whether its version passed upstream",
-        "release_management.py",
-        "        if not self.ledger.verified(d.container_id, d.version, upstream):\n",
-        "        if False:\n",
-        ("tests/test_gates.py",),
-    ),
-    Fault(
-        "a test that failed its gate counts as a proof",
-        "release_management.py",
-        'entry.get("env")), entry.get("passed", True) is True\n',
-        'entry.get("env")), True\n',
-        ("tests/test_gates.py",),
-    ),
-    Fault(
-        "test lines written before quality gates no longer count as passed",
-        "release_management.py",
-        'entry.get("passed", True) is True',
-        'entry.get("passed", False) is True',
-        ("tests/test_gates.py",),
-    ),
-    Fault(
-        "the ledger's index learns no proofs",
-        "release_management.py",
-        "            self.db.executemany(\n"
-        '                "INSERT OR REPLACE INTO proofs VALUES (?, ?)", '
-        "((k, int(v)) for k, v in sorted(verdicts.items()))\n"
-        "            )\n",
-        "",
-        ("tests/test_gates.py",),
-    ),
-    Fault(
-        "a retry runs the checks again instead of reading this run's verdict",
-        "release_management.py",
-        "            verdict = _verdict(report, step.run_id, step.retry)\n",
-        "            verdict = None\n",
-        ("tests/test_gates.py",),
-    ),
-    Fault(
-        "a check that fails does not stop the checks after it",
-        "release_management.py",
-        "            if not passed:\n",
-        "            if not passed and check == checks[-1]:\n",
-        ("tests/test_gates.py",),
-    ),
-    Fault(
-        "the worker ignores FAILING_CHECKS",
-        "run_worker.py",
-        ", failing_checks=settings.failing_checks",
-        "",
-        ("tests/test_gates.py",),
-    ),
-    Fault(
-        "FAILURE_AT=midway never strikes",
-        "activities.py",
-        "            rm.midway = self._midway\n",
-        "            pass\n",
-        ("tests/test_gates.py",),
-    ),
-    Fault(
-        "a gate failure retried",
-        "release_management.py",
-        "(UnknownRelease, CatalogError, MissingArtifact, InvalidStep, NotVerified, GateFailed, VerificationFailed)",
-        "(UnknownRelease, CatalogError, MissingArtifact, InvalidStep, NotVerified, VerificationFailed)",
-        ("tests/test_release_management.py",),
-    ),
-    Fault(
-        "a health failure retried",
-        "release_management.py",
-        "NotVerified, GateFailed, VerificationFailed)",
-        "NotVerified, GateFailed)",
-        ("tests/test_gates.py",),
-    ),
-    Fault(
-        "the health check never runs",
-        "release_management.py",
-        "        for check in [*checks, HEALTH]:\n",
-        "        for check in checks:\n",
-        ("tests/test_gates.py",),
-    ),
-    Fault(
-        "a health failure raised as a gate failure",
-        "release_management.py",
-        "                error = VerificationFailed if check == HEALTH else GateFailed\n",
-        "                error = GateFailed\n",
-        ("tests/test_gates.py",),
-    ),
-    Fault(
-        "promotion from DEV instead of the environment before",
-        "release_management.py",
-        "        return self.env_dir(ENVIRONMENTS[i - 1]), ENVIRONMENTS[i - 1]",
-        '        return self.env_dir("DEV"), ENVIRONMENTS[i - 1]',
-        ("tests/test_release_management.py",),
-    ),
-    Fault(
+    _fault(
         "the ledger without its flock",
-        "release_management.py",
+        "Ledger._locked",
         "            fcntl.flock(fd, fcntl.LOCK_EX)\n",
         "            pass\n",
-        ("tests/test_ledger.py",),
+        "test_ledger.py",
     ),
-    Fault(
-        "the '..' rule of id validation removed",
-        "shared.py",
-        '    if not pattern.fullmatch(value) or ".." in value:',
-        "    if not pattern.fullmatch(value):",
-        ("tests/test_release_management.py",),
-    ),
-    Fault(
-        "the 'release is not approved' check removed",
-        "workflows.py",
-        "        if not self.state.approved:\n            raise ApplicationError(",
-        "        if False:\n            raise ApplicationError(",
-        ("tests/test_approvals.py",),
-    ),
-    Fault(
-        "the validator's 'skipped' rule removed",
-        "workflows.py",
-        "        if _skipped(deploy):\n",
-        "        if False:\n",
-        ("tests/test_approvals.py",),
-    ),
-    Fault(
-        "the validator's 'still gathering' rule removed",
-        "workflows.py",
-        "        if not self.gathered:\n",
-        "        if False:\n",
-        ("tests/test_approvals.py",),
-    ),
-    Fault(
-        "the approval system's scan overwrites a person's approval",
-        "workflows.py",
-        "            d.approved = d.approved or d.deploy_key not in report.unapproved_deploys",
-        "            d.approved = d.deploy_key not in report.unapproved_deploys",
-        ("tests/test_approvals.py",),
-    ),
-    Fault(
-        "invalid signals no longer noted in the release's events",
-        "workflows.py",
-        '            self._event(f"ignored an approval signal: {err}")\n',
-        "            pass\n",
-        ("tests/test_approvals.py", "tests/test_reliability.py"),
-    ),
-    Fault(
-        "retry counts dropped from status",
-        "shared.py",
-        "            if c is not None and c.attempts > c.steps_done:",
-        "            if False:",
-        ("tests/test_release_management.py", "tests/test_cli.py"),
-    ),
-    Fault(
-        "cancel after the release finished exits 0",
-        "run_workflow.py",
-        '    print(f"Release {key} finished before the cancel took effect: SUCCESS")\n    return 1',
-        '    print(f"Release {key} finished before the cancel took effect: SUCCESS")\n    return 0',
-        ("tests/test_cli.py",),
-    ),
-    Fault(
-        "'no worker polling' exits 2 instead of 3",
-        "run_workflow.py",
-        "    if result is None:\n        return 3",
-        "    if result is None:\n        return 2",
-        ("tests/test_cli.py", "tests/test_first_minutes.py"),
-    ),
-    Fault(
+    _fault(
         "the ledger's de-duplication removed",
-        "release_management.py",
+        "Ledger.record_unless_claimed",
         "            applied = not claimed\n",
         "            applied = True\n",
-        ("tests/test_ledger.py", "tests/test_idempotency.py"),
+        "test_ledger.py",
+        "test_idempotency.py",
+    ),
+    # --- a deploy and its configuration
+    _fault(
+        "the old version removed before the new one is written",
+        "ReleaseManagement.deploy",
+        "        applied = CommandSteps(",
+        "        [old.unlink() for old in self.files_of(env, d.container_id) if old.name != name]\n"
+        "        applied = CommandSteps(",
+        "test_idempotency.py",
+        "test_deploy.py",
+    ),
+    _fault(
+        "the old version removed before the configuration names the new one",
+        "ReleaseManagement.deploy",
+        "        if self.midway is not None:\n",
+        "        [old.unlink() for old in self.files_of(env, d.container_id) if old.name != name]\n"
+        "        if self.midway is not None:\n",
+        "test_deploy.py",
+    ),
+    _fault(
+        "the configuration written before the artifact it names",
+        "ReleaseManagement.deploy",
+        "        applied = CommandSteps(",
+        "        self.config_path(env, d.container_id).parent.mkdir(exist_ok=True)\n"
+        "        write_if_changed(self.config_path(env, d.container_id), render_config(d, env, step.release_key))\n"
+        "        applied = CommandSteps(",
+        "test_deploy.py",
+    ),
+    _fault(
+        "placeholders in configuration values left as they are",
+        "render_config",
+        '.replace("{env}", env)',
+        "",
+        "test_deploy.py",
+    ),
+    # --- verified upstream
+    _fault(
+        "a deploy no longer asks the ledger whether its version passed upstream",
+        "promotable",
+        "    if not ledger.verified(d.container_id, d.version, upstream):\n",
+        "    if False:\n",
+        "test_promotion.py",
+    ),
+    _fault(
+        "promotion from DEV instead of the environment before",
+        "promotable",
+        "ws.env_dir(ENVIRONMENTS[i - 1])",
+        'ws.env_dir("DEV")',
+        "test_release_management.py",
+    ),
+    _fault(
+        "a test that failed its gate counts as a proof",
+        "proof_of",
+        'entry.get("env")), entry.get("passed", True) is True\n',
+        'entry.get("env")), True\n',
+        "test_promotion.py",
+    ),
+    _fault(
+        "test lines written before quality gates no longer count as passed",
+        "proof_of",
+        'entry.get("passed", True) is True',
+        'entry.get("passed", False) is True',
+        "test_promotion.py",
+    ),
+    _fault(
+        "the ledger's index learns no proofs",
+        "ClaimIndex._index",
+        '            self.db.executemany(\n                "INSERT OR REPLACE INTO proofs VALUES (?, ?)",',
+        "            (lambda *_: None)(\n                None,",
+        "test_promotion.py",
+    ),
+    # --- quality gates and the health check
+    _fault(
+        "a retry runs the checks again instead of reading this run's verdict",
+        "run_checks",
+        "        verdict = verdict_of(report, step.run_id, step.retry)\n",
+        "        verdict = None\n",
+        "test_gates.py",
+    ),
+    _fault(
+        "a check that fails does not stop the checks after it",
+        "run_checks",
+        "        if not verdict[0]:\n",
+        "        if not verdict[0] and name == HEALTH:\n",
+        "test_gates.py",
+    ),
+    _fault(
+        "the health check never runs",
+        "run_checks",
+        "    for name in [*d.checks_in(env), HEALTH]:\n",
+        "    for name in d.checks_in(env):\n",
+        "test_gates.py",
+    ),
+    _fault(
+        "a health failure raised as a gate failure",
+        "ReleaseManagement.test",
+        "            error = VerificationFailed if failed == HEALTH else GateFailed\n",
+        "            error = GateFailed\n",
+        "test_gates.py",
+    ),
+    _fault(
+        "a gate failure retried",
+        "NON_RETRYABLE_ERRORS",
+        "NotVerified, GateFailed, VerificationFailed)",
+        "NotVerified, VerificationFailed)",
+        "test_release_management.py",
+    ),
+    _fault(
+        "a health failure retried",
+        "NON_RETRYABLE_ERRORS",
+        "NotVerified, GateFailed, VerificationFailed)",
+        "NotVerified, GateFailed)",
+        "test_gates.py",
+    ),
+    _fault(
+        "the worker ignores FAILING_CHECKS",
+        "serve",
+        ", failing_checks=settings.failing_checks",
+        "",
+        "test_gates.py",
+    ),
+    _fault(
+        "FAILURE_AT=midway never strikes",
+        "ReleaseActivities.__init__",
+        "            rm.midway = self._midway\n",
+        "            pass\n",
+        "test_deploy.py",
+    ),
+    # --- rollbacks
+    _fault(
+        "rollback-env after a rollback picks the version the environment holds",
+        "rollback_version",
+        '            held = str(restored.get("version")) if isinstance(restored, dict) else None\n',
+        "            pass\n",
+        "test_rollback.py",
+    ),
+    _fault(
+        "a rollback line names the version the rollback before it replaced, not what it restored",
+        "holder_before",
+        "            holder = restored if isinstance(restored, dict) else None\n",
+        "            pass\n",
+        "test_rollback.py",
+    ),
+    _fault(
+        "with two deploys held, a decision without --deploy picks one",
+        "FailurePolicy.held_deploy",
+        "            if len(held) > 1:\n",
+        "            if False:\n",
+        "test_rollback.py",
+    ),
+    # --- locks and freezes
+    _fault(
+        "a deploy stops waiting for the next environment's lock",
+        "Deploys._enter",
+        "        await self.locks.wait(d, following[0], answers)\n",
+        "        pass\n",
+        "test_locks.py",
+    ),
+    _fault(
+        "a deploy gives its lock back right after its deploy",
+        "Deploys._enter",
+        "give_back=[source], take=ahead",
+        "give_back=[source, step.env], take=ahead",
+        "test_locks.py",
+    ),
+    _fault(
+        "a grant that comes before the answer to its request is dropped",
+        "LockClient.grant",
+        "        if target_of(lock) in self.asking or ",
+        "        if ",
+        "test_locks.py",
+    ),
+    _fault(
+        "a freeze that begins while a deploy waits to enter is not waited out",
+        "Deploys._enter",
+        "        await self.freeze.wait_out(step)\n",
+        "        pass\n",
+        "test_freeze.py",
+    ),
+    # --- people in the loop
+    _fault(
+        "the 'release is not approved' check removed",
+        "Approvals.settle",
+        "        if not state.approved:\n",
+        "        if False:\n",
+        "test_approvals.py",
+    ),
+    _fault(
+        "the validator's 'skipped' rule removed",
+        "Approvals.check",
+        "        if _skipped(deploy):\n",
+        "        if False:\n",
+        "test_approvals.py",
+    ),
+    _fault(
+        "the validator's 'still gathering' rule removed",
+        "Approvals.check",
+        "        if not state.deploys:\n",
+        "        if False:\n",
+        "test_approvals.py",
+    ),
+    _fault(
+        "the approval system's scan overwrites a person's approval",
+        "Approvals.ask_approval_system",
+        "            d.approved = d.approved or d.deploy_key not in report.unapproved_deploys",
+        "            d.approved = d.deploy_key not in report.unapproved_deploys",
+        "test_approvals.py",
+    ),
+    _fault(
+        "invalid signals no longer noted in the release's events",
+        "update_and_signal",
+        '            decided.run.event(f"ignored {what} signal: {err}")\n',
+        "            pass\n",
+        "test_approvals.py",
+        "test_reliability.py",
+    ),
+    # --- names, text and exit codes
+    _fault(
+        "the '..' rule of id validation removed",
+        "check_name",
+        '    if not pattern.fullmatch(value) or ".." in value:',
+        "    if not pattern.fullmatch(value):",
+        "test_release_management.py",
+    ),
+    _fault(
+        "retry counts dropped from status",
+        "_retries",
+        "    n = c.attempts - c.steps_done\n",
+        "    n = 0\n",
+        "test_release_management.py",
+        "test_cli.py",
+    ),
+    _fault(
+        "cancel after the release finished exits 0",
+        "cancel",
+        '    print(f"Release {key} finished before the cancel took effect: SUCCESS")\n    return 1',
+        '    print(f"Release {key} finished before the cancel took effect: SUCCESS")\n    return 0',
+        "test_cli.py",
+    ),
+    _fault(
+        "'no worker polling' exits 2 instead of 3",
+        "start",
+        "    if result is None:\n        return 3",
+        "    if result is None:\n        return 2",
+        "test_cli.py",
+        "test_first_minutes.py",
     ),
 ]
 
 
+def product_files(root: Path) -> list[Path]:
+    packages = [p for p in root.iterdir() if p.is_dir() and (p / "__init__.py").is_file() and p.name not in NOT_PRODUCT]
+    return sorted([*root.glob("*.py"), *(f for package in packages for f in package.rglob("*.py"))])
+
+
+def locate(where: str, root: Path) -> tuple[Path, int, int]:
+    """The file, and the first and last line of the one definition named `where` in the product code."""
+    found = []
+    for path in product_files(root):
+        tree = ast.parse(path.read_text())
+        for scope, node in _definitions(tree.body, ""):
+            if scope == where:
+                found.append((path, node.lineno, node.end_lineno or node.lineno))
+    if len(found) != 1:
+        raise LookupError(f"{where} is defined {len(found)} times in the product code, not once")
+    return found[0]
+
+
+def _definitions(body: list[ast.stmt], prefix: str) -> list[tuple[str, ast.stmt]]:
+    """Every function, class and module-level assignment, by qualified name ("Class.method")."""
+    found: list[tuple[str, ast.stmt]] = []
+    for node in body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            found.append((prefix + node.name, node))
+            if isinstance(node, ast.ClassDef):
+                found += _definitions(node.body, f"{prefix}{node.name}.")
+        elif isinstance(node, ast.Assign) and not prefix:
+            found += [(t.id, node) for t in node.targets if isinstance(t, ast.Name)]
+    return found
+
+
 def plant(fault: Fault, root: Path) -> None:
-    path = root / fault.file
-    text = path.read_text()
-    if text.count(fault.old) != 1:
-        raise LookupError(f"{fault.file} holds the code to change {text.count(fault.old)} times, not once")
-    path.write_text(text.replace(fault.old, fault.new))
+    path, first, last = locate(fault.where, root)
+    lines = path.read_text().splitlines(keepends=True)
+    inside = "".join(lines[first - 1 : last])
+    if inside.count(fault.old) != 1:
+        raise LookupError(f"{fault.where} ({path.name}) holds the code to change {inside.count(fault.old)} times")
+    path.write_text("".join(lines[: first - 1]) + inside.replace(fault.old, fault.new) + "".join(lines[last:]))
 
 
 def copy_repo(into: Path) -> None:
@@ -302,7 +402,10 @@ def trial(fault: Fault, whole_suite: bool) -> tuple[str, str]:
             plant(fault, root)
         except LookupError as e:
             return "stale", str(e)
-        tests = ["tests"] if whole_suite else [t for t in fault.tests if (root / t).exists()]
+        missing = [t for t in fault.tests if not (root / t).exists()]
+        if missing:
+            return "stale", f"no test file {', '.join(missing)}"
+        tests = ["tests"] if whole_suite else list(fault.tests)
         run = subprocess.run(
             [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
             cwd=root,

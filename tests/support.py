@@ -26,7 +26,8 @@ from orchestrator.locks import LockActivities, LockAnswer, LockMove, TargetLockW
 from release_management import ReleaseManagement
 from shared import StepInput, StepResult
 from tests.conftest import REPO
-from utils import FailureInjector
+from tests.steps import promote
+from utils import EXIT_CODE, FailureInjector
 from workflows import ReleaseWorkflow
 
 
@@ -129,6 +130,21 @@ async def run_python(
     return proc.returncode or 0, out.decode(), (err or b"").decode()
 
 
+async def run_patched(args: list[str], env: dict[str, str], **constants: float) -> tuple[int, str]:
+    """run_workflow.py's main with some of its waits (orchestrator/cli/waits.py) shortened, in seconds."""
+    sets = "".join(
+        f"w.{name} = timedelta(seconds={value}); " if name == "WORKER_ANSWER" else f"w.{name} = {value}; "
+        for name, value in constants.items()
+    )
+    code = (
+        "import asyncio, sys; from datetime import timedelta; import run_workflow as r; "
+        "import orchestrator.cli.waits as w; "
+        f"{sets}r.exit_now(asyncio.run(r.main(sys.argv[1:])))"
+    )
+    exit_code, out, _ = await run_python(["-c", code, *args], env)
+    return exit_code, out
+
+
 async def run_script(args: list[str], env: dict[str, str], limit: float = 120) -> tuple[int, str]:
     """Run run_workflow.py to completion; returns exit code and combined output."""
     code, out, _ = await run_python([str(REPO / "run_workflow.py"), *args], env, limit)
@@ -156,6 +172,30 @@ async def until(condition: Callable[[], bool], limit: float = 60) -> None:
     async with asyncio.timeout(limit):
         while not condition():  # noqa: ASYNC110 - the condition is another process's state
             await asyncio.sleep(0.05)
+
+
+async def worker_exits(
+    workers: list[WorkerProcess], release: asyncio.Task[tuple[int, str]], limit: int = 10
+) -> AsyncIterator[int]:
+    """Each time the last worker ends by FAILURE_ACTION=exit before the release does: the number of exits so far.
+
+    The workspace is then as the exit left it, for the caller to look at; the next worker starts when the caller
+    asks for the next exit. Ends when the release ends.
+    """
+    exits = 0
+    while True:
+        proc = workers[-1].proc
+        assert proc is not None
+        died = asyncio.create_task(asyncio.to_thread(proc.wait))
+        async with asyncio.timeout(120):
+            await asyncio.wait({died, release}, return_when=asyncio.FIRST_COMPLETED)
+        if not died.done():
+            return
+        assert died.result() == EXIT_CODE, workers[-1].log.read_text()[-3000:]
+        exits += 1
+        assert exits < limit, "the worker keeps dying"
+        yield exits
+        workers.append(WorkerProcess(workers[-1].env, workers[-1].log).start())
 
 
 async def eventually(probe: Callable[[], Awaitable[bool]], limit: float = 30) -> None:
@@ -235,13 +275,7 @@ async def in_process_worker(
 def run_release_steps(rm: ReleaseManagement, *keys: str, prefix: str = "run") -> None:
     """Run releases' steps in order without Temporal, as the worker would (run id "<prefix>-<key>")."""
     for key in keys:
-        for d in rm.gather_deployments(key).deploys:
-            for env in d.environments:
-                step = StepInput(release_key=key, run_id=f"{prefix}-{key}", deploy=d, env=env)
-                if env == "DEV":
-                    rm.build(step)
-                rm.deploy(step)
-                rm.test(step)
+        promote(rm, key, run=f"{prefix}-{key}")
 
 
 class GatedStep:

@@ -26,7 +26,7 @@ from orchestrator.flow.release_run import RELEASE_KEY_ATTRIBUTE
 from orchestrator.render import render_progress
 from shared import Cell, DeployState, ReleaseState
 from tests.conftest import REPO, installed_binary, target_of
-from tests.support import WorkerProcess, run_python, run_script, script_env, task_queue
+from tests.support import WorkerProcess, run_patched, run_python, run_script, script_env, task_queue
 from tests.test_first_minutes import Script, failures
 from utils import python_command
 
@@ -35,21 +35,6 @@ DEC_PROD = "RELEASE-DEC-2023-BUGFIXES-PROD"  # PROD only: fails at once in an em
 HOLD = "RELEASE-FEB-24-BETA-HOLD"  # waits for an approval of sbstore
 # With FAILURE_RATE=rarely, seed 3 fails "deploy sbstore-1.8 → DEV" once and no other step of ALPHA_DEV.
 RETRY_SEED = 3
-
-
-async def run_patched(args: list[str], env: dict[str, str], **constants: float) -> tuple[int, str]:
-    """run_workflow.py's main with some of its waits (orchestrator/cli/waits.py) shortened, in seconds."""
-    sets = "".join(
-        f"w.{name} = timedelta(seconds={value}); " if name == "WORKER_ANSWER" else f"w.{name} = {value}; "
-        for name, value in constants.items()
-    )
-    code = (
-        "import asyncio, sys; from datetime import timedelta; import run_workflow as r; "
-        "import orchestrator.cli.waits as w; "
-        f"{sets}r.exit_now(asyncio.run(r.main(sys.argv[1:])))"
-    )
-    exit_code, out, _ = await run_python(["-c", code, *args], env)
-    return exit_code, out
 
 
 async def run_worker_script(env: dict[str, str]) -> tuple[int, str, str]:

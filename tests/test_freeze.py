@@ -17,10 +17,9 @@ from orchestrator.errors import CatalogError
 from orchestrator.freeze import frozen_until
 from orchestrator.render import render_details, render_progress
 from release_management import ReleaseManagement
-from shared import FROZEN, SUCCESS, FreezeWindow, ReleaseState, Unfreeze
+from shared import FROZEN, HELD, SUCCESS, Decision, FreezeWindow, ReleaseState, Unfreeze
 from tests.conftest import CATALOG, REPO, target_of
 from tests.support import (
-    GatedStep,
     WorkerProcess,
     eventually,
     in_process_worker,
@@ -226,40 +225,46 @@ async def test_a_freeze_that_begins_while_a_deploy_waits_to_enter_is_honoured(
 ) -> None:
     """The window begins after the deploy last looked (its QC deploy), before it enters PROD: it waits it out.
 
-    A step in flight stops the time-skipping server's clock jumps: the window begins a few seconds ahead, and the
-    gated step waits for the clock to pass that moment.
+    What keeps the deploy from PROD meanwhile is a failed check held for a person (on_failure hold): while it
+    waits, no step runs, so the time-skipping server's clock can be moved past the window's beginning.
     """
     now = await ts_env.get_current_time()
-    begins, ends = now + timedelta(seconds=4), now + timedelta(hours=3)
+    begins, ends = now + timedelta(minutes=2), now + timedelta(hours=3)
     rm = frozen_catalog(tmp_path, "PROD", {"start": iso(begins), "end": iso(ends), "reason": "it began meanwhile"})
-    place = "QC" if while_it == "tests in QC" else "PROD"
-    first_run: list[str] = []
-    gate = GatedStep(rm, "test", lambda s: (s.env, s.run_id) == (place, *first_run))
-    async with in_process_worker(ts_env, rm, replace=gate.activity) as tq:
-        first = await start(ts_env, tq, now=True)
-        first_run.append((await first.describe()).run_id or "")
-        second = await start(ts_env, tq, now=True) if place == "PROD" else None
-        await gate.wait_entered()
-        if second is not None:  # tested in QC, it waits for the first release to give the PROD locks back
-            await eventually(lambda: second_waits_for_prod(second))
-        await eventually(lambda: clock_past(ts_env, begins))
-        gate.gate.set()
-        watched = second or first
+    catalog = json.loads(rm.catalog_path.read_text())
+    rm.catalog_path.write_text(json.dumps({**catalog, "default_on_failure": "hold"}))
+    # tests in QC: the release's own QC checks fail and are held. waits for the PROD lock: a first release's PROD
+    # checks fail and are held, with the PROD locks, while the watched one tests in QC and waits for them.
+    held_in = "QC" if while_it == "tests in QC" else "PROD"
+    check = "smoke" if held_in == "PROD" else "security"
+    rm.failing_checks = frozenset((f"{c}-1.0", held_in, check) for c in ("frontend", "sbstore", "backendforfrontend"))
+    async with in_process_worker(ts_env, rm) as tq:
+        holder = await start(ts_env, tq, now=True)
+        await eventually(lambda: all_held(holder))
+        rm.failing_checks = frozenset()  # the fix, made outside; the retry below runs the checks again
+        watched = await start(ts_env, tq, now=True) if held_in == "PROD" else holder
+        if watched is not holder:
+            await eventually(lambda: waits_for_prod(watched))
+        assert await ts_env.get_current_time() < begins
+        await ts_env.sleep(begins - await ts_env.get_current_time() + timedelta(seconds=30))
+        for container in ("frontend", "sbstore", "backendforfrontend"):
+            await holder.execute_update(ReleaseWorkflow.retry, Decision(approver="ana", deploy=container))
         assert (await watched.result()).status == SUCCESS
         history = await watched.fetch_history()
-        if second is not None:
-            await first.result()
-    qc = [t for t in scheduled(history, "deploy", "QC")]
+        await holder.result()
+    qc = scheduled(history, "deploy", "QC")
     assert len(qc) == 3 and max(qc) < begins, f"QC deploys at {qc}, after the window began: the test proves nothing"
     prod = scheduled(history, "deploy", "PROD")
     assert len(prod) == 3 and min(prod) >= ends.replace(microsecond=0), f"PROD deploys at {prod}, in the window"
 
 
-async def clock_past(env: WorkflowEnvironment, moment: datetime) -> bool:
-    return await env.get_current_time() > moment
+async def all_held(handle: WorkflowHandle) -> bool:
+    state: ReleaseState = await handle.query(ReleaseWorkflow.progress)
+    return state.status == HELD and sum(c.status == "held" for d in state.deploys for c in d.cells.values()) == 3
 
 
-async def second_waits_for_prod(handle: WorkflowHandle) -> bool:
+async def waits_for_prod(handle: WorkflowHandle) -> bool:
+    """Every deploy tested in QC and waiting for PROD (the lock the first release owns)."""
     state: ReleaseState = await handle.query(ReleaseWorkflow.progress)
     return bool(state.deploys) and all(
         d.cells["QC"].status == "done" and d.cells["PROD"].status in ("pending", "waiting") for d in state.deploys

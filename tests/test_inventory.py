@@ -16,9 +16,9 @@ from orchestrator.inventory import Placement, history, inventory, replay
 from release_management import ReleaseManagement
 from shared import ApprovalRecord, StepInput
 from tests.conftest import CATALOG, REPO
+from tests.steps import promote
 from tests.support import run_python, script_env
 from tests.test_gates import through
-from tests.test_release_management import promote
 
 INITIAL, HOTFIX = "RELEASE-NOV-23-INITIAL", "RELEASE-NOV-23-HOTFIX-STAGE"
 ALPHA_DEV, ALPHA_QC, ALPHA_PROD = "RELEASE-JAN-24-ALPHA-DEV", "RELEASE-JAN-24-ALPHA-QC", "RELEASE-JAN-24-ALPHA-PROD"

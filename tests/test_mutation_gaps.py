@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, ValidationError, field_validator
 
+from orchestrator.command_runner import Liveness
 from orchestrator.settings import Settings, parse_failure_at
 from release_management import ReleaseManagement
 from shared import REPO_ROOT, TASK_QUEUE, ApprovalRecord, DeployInfo, StepInput, clip, describe_validation_error
@@ -188,7 +189,7 @@ def test_a_simulated_step_takes_its_time_and_reports_liveness(tmp_path: Path) ->
     rm = ReleaseManagement(tmp_path, REPO_ROOT / "releases.json", step_seconds=1.2)
     beats: list[float] = []
     began = time.monotonic()
-    rm.build(_step("frontend", "1.0", "DEV"), progress=lambda: beats.append(time.monotonic()))
+    rm.build(_step("frontend", "1.0", "DEV"), live=Liveness(heartbeat=lambda: beats.append(time.monotonic())))
     assert time.monotonic() - began >= 1.2
     # A heartbeat at least every half second, so a dead worker is noticed within the heartbeat timeout.
     gaps = [b - a for a, b in zip([began, *beats], beats, strict=False)]

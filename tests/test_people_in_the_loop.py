@@ -17,8 +17,8 @@ from orchestrator.ledger import Ledger
 from release_management import ReleaseManagement
 from shared import AWAITING_APPROVAL, RUNNING, ReleaseState
 from tests.conftest import CATALOG, target_of
+from tests.steps import promote
 from tests.support import WorkerProcess, run_script, script_env, task_queue
-from tests.test_release_management import promote
 from workflows import ReleaseWorkflow
 
 HOLD = "RELEASE-FEB-24-BETA-HOLD"

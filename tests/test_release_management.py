@@ -27,6 +27,7 @@ from orchestrator.errors import (
 from release_management import ReleaseManagement
 from shared import ApprovalRecord, DeployInfo, ReleaseInfo, StepInput, StepResult
 from tests.conftest import CATALOG
+from tests.steps import promote
 from utils import FailureInjector, SimulatedFailure
 
 RUN = "run-1"
@@ -35,16 +36,6 @@ RUN = "run-1"
 def step(rm: ReleaseManagement, key: str, container: str, env: str, run: str = RUN) -> StepInput:
     deploy = next(d for d in rm.gather_deployments(key).deploys if d.container_id == container)
     return StepInput(release_key=key, run_id=run, deploy=deploy, env=env)
-
-
-def promote(rm: ReleaseManagement, key: str, run: str = RUN) -> None:
-    for deploy in rm.gather_deployments(key).deploys:
-        for env in deploy.environments:
-            s = StepInput(release_key=key, run_id=run, deploy=deploy, env=env)
-            if env == "DEV":
-                rm.build(s)
-            rm.deploy(s)
-            rm.test(s)
 
 
 def test_gather_deployments_reads_the_catalog(rm: ReleaseManagement) -> None:

@@ -26,9 +26,10 @@ from tests.support import (
     script_env,
     stopped_at_the_end,
     task_queue,
+    worker_exits,
 )
 from tests.test_approvals import cause_of, until_status
-from utils import EXIT_CODE, python_command
+from utils import python_command
 from workflows import ReleaseWorkflow
 
 INITIAL, HOTFIX = "RELEASE-NOV-23-INITIAL", "RELEASE-NOV-23-HOTFIX-STAGE"
@@ -370,25 +371,13 @@ async def test_a_worker_killed_during_a_rollback_leaves_old_or_new(
     exiting = base | {"FAILURE_AT": "midway", "FAILURE_ACTION": "exit", "FAILURE_RATE": "alot"}
     exiting["FAILURE_SEED"] = ROLLBACK_KILL_SEED
     log = tmp_path / "worker.log"
-    exits = 0
     with stopped_at_the_end([WorkerProcess(exiting, log).start()]) as workers:
         release = asyncio.create_task(run_script(["--release-key", HOTFIX], base, limit=240))
-        while True:
-            proc = workers[-1].proc
-            assert proc is not None
-            died = asyncio.create_task(asyncio.to_thread(proc.wait))
-            async with asyncio.timeout(120):
-                await asyncio.wait({died, release}, return_when=asyncio.FIRST_COMPLETED)
-            if not died.done():
-                break
-            assert died.result() == EXIT_CODE, log.read_text()[-3000:]
-            exits += 1
-            assert exits < 10, "the worker keeps dying"
+        async for _ in worker_exits(workers, release):
             # Dead: the workspace is as the exit left it. Whatever QC holds of sbstore, its config names a file there.
             held = files(rm.env_dir("QC"))
             config = json.loads(held["config/sbstore.json"])
             assert config["artifact"] in held, sorted(held)
-            workers.append(WorkerProcess(exiting, log).start())
         code, out = await release
     assert "between the artifact and its configuration: rollback sbstore-1.7 in QC, attempt 1" in log.read_text()
     assert code == 1 and "rolled back QC to sbstore-1.0" in out.splitlines()[-1], out

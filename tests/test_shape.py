@@ -16,16 +16,13 @@ from tests.conftest import REPO
 
 MODULE_MAX, CLASS_MAX, FUNCTION_MAX = 500, 300, 60
 # Tests and resources (bench, screenshots, mutation) are not product code; mutants/ is mutmut's copy.
-NOT_PRODUCT = ("tests", "resources", "mutants", "examples")
+NOT_PRODUCT = ("tests", "resources", "mutants")
 
 
 def product_files() -> list[Path]:
-    return sorted(
-        p
-        for p in REPO.rglob("*.py")
-        if not any(part.startswith(".") or part in NOT_PRODUCT for part in p.relative_to(REPO).parts)
-        and "egg-info" not in str(p)
-    )
+    """The top-level scripts and modules, and every package beside them (tests, resources and the like aside)."""
+    packages = [p for p in REPO.iterdir() if p.is_dir() and (p / "__init__.py").is_file() and p.name not in NOT_PRODUCT]
+    return sorted([*REPO.glob("*.py"), *(f for package in packages for f in package.rglob("*.py"))])
 
 
 def sizes(path: Path) -> list[tuple[str, int, int]]:

@@ -14,8 +14,8 @@ from temporalio.testing import WorkflowEnvironment
 from orchestrator.errors import root_cause
 from release_management import ReleaseManagement
 from shared import DeployInfo, ReleaseInfo, ReleaseResult
+from tests.steps import promote
 from tests.support import activity_starts, in_process_worker
-from tests.test_release_management import promote
 from utils import FailureInjector
 from workflows import ReleaseWorkflow
 

@@ -1,4 +1,5 @@
-"""commands.py: steps run as real subprocesses, killed whole on timeout and cancel, kept inside the workspace."""
+"""Step commands (orchestrator/step_commands.py, command_runner.py, process_group.py): steps run as real
+subprocesses, killed whole on timeout and cancel, kept inside the workspace."""
 
 from __future__ import annotations
 
