@@ -72,9 +72,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     it is free: so each worker starts on one slow test, and the next slow one goes to the first
     worker free. Started last, a slow test would run on alone while the other workers sit idle.
     """
-    default = float(config.getini("timeout") or 0)
-    # A limit given on the command line (make chaos gives one) is every test's.
-    for item in items if config.getoption("timeout") is None else []:
+    # Without pytest-timeout (make mutation runs without it, with limits of its own), no limits here;
+    # a limit given on the command line (make chaos gives one) is every test's.
+    timed = config.pluginmanager.hasplugin("timeout") and config.getoption("timeout") is None
+    default = float(config.getini("timeout") or 0) if timed else 0.0
+    for item in items if timed else []:
         if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
             item.add_marker(pytest.mark.timeout(max(default, SLOW_LIMIT_FACTOR * _seconds(item))))
     slow = sorted((item for item in items if item.get_closest_marker("slow")), key=lambda item: -_seconds(item))
