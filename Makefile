@@ -134,7 +134,7 @@ faults: $(STAMP)
 MUTANTS ?=
 MUTATION_CHILDREN ?= 1
 mutation: $(STAMP)
-	$(PY) resources/mutation.py --max-children $(MUTATION_CHILDREN) $(ARGS) $(MUTANTS)
+	set -f; $(PY) resources/mutation.py --max-children $(MUTATION_CHILDREN) $(ARGS) $(MUTANTS)
 
 # Re-record the replay tests' histories; only for a deliberate, versioned workflow change.
 histories: $(STAMP)
