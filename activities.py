@@ -20,15 +20,17 @@ from temporalio.exceptions import ApplicationError, CancelledError, FailureError
 
 from orchestrator.command_runner import CommandCancelled, CommandError, Liveness
 from orchestrator.errors import ReleaseError
+from orchestrator.names import clip
 from release_management import ReleaseManagement
 from shared import (
-    ApprovalRecord,
     ApprovalReport,
+    DecisionRecord,
     ReleaseInfo,
+    ReleaseRequest,
     RollbackRequest,
+    RollbackTarget,
     StepInput,
     StepResult,
-    clip,
     step_summary,
 )
 from utils import FailureInjector, SimulatedFailure
@@ -57,6 +59,8 @@ class ReleaseActivities:
         """Every activity, for registering on a worker."""
         return [
             self.gather_deployments,
+            self.gather_rollback,
+            self.choose_rollback,
             self.gather_release_approval,
             self.check_upstream,
             self.record_approval,
@@ -73,6 +77,23 @@ class ReleaseActivities:
         )
 
     @activity.defn
+    def gather_rollback(self, request: ReleaseRequest) -> ReleaseInfo:
+        """A rollback-env's release, from the catalog and the ledger: its version a first look (choose_rollback)."""
+        target = request.rollback
+        assert target is not None
+        return self._bookkeeping(
+            f"gather {request.release_key}",
+            lambda: self.rm.rollback_env(target.env, target.container, request.by or "", target.version),
+        )
+
+    @activity.defn
+    def choose_rollback(self, target: RollbackTarget) -> str:
+        """The version a rollback-env puts back, chosen under the target's lock: what passed before, as of now."""
+        return self._bookkeeping(
+            f"choose the version {target.release_key()} puts back", lambda: self.rm.rollback_choice(target)
+        )
+
+    @activity.defn
     def gather_release_approval(self, release: ReleaseInfo) -> ApprovalReport:
         return self._bookkeeping(
             f"check approval of {release.release_key}", lambda: self.rm.gather_release_approval(release)
@@ -83,7 +104,7 @@ class ReleaseActivities:
         self._bookkeeping(f"check what {release.release_key} promotes", lambda: self.rm.check_upstream(release))
 
     @activity.defn
-    def record_approval(self, record: ApprovalRecord) -> None:
+    def record_approval(self, record: DecisionRecord) -> None:
         self._run(
             f"record the approval of {record.release_key}",
             lambda: self.rm.record_approval(record, attempt=activity.info().attempt),
@@ -108,7 +129,8 @@ class ReleaseActivities:
 
         def run() -> StepResult:
             self.failures.maybe_fail(what, attempt, key=step.release_key)
-            outcome = self.rm.rollback(step, attempt=attempt, live=Liveness(activity.heartbeat), by=request.by)
+            live = Liveness(activity.heartbeat)
+            outcome = self.rm.rollback(step, attempt=attempt, live=live, by=request.by, identity=request.identity)
             return StepResult(artifact=outcome.artifact, attempt=attempt, applied=outcome.applied)
 
         return self._run(what, run)

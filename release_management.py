@@ -17,32 +17,35 @@ from typing import NamedTuple
 
 from pydantic import ValidationError
 
-from orchestrator.catalog import QUOTE_MAX, Catalog, gather, load_catalog
+from orchestrator.access import check_actor
+from orchestrator.catalog import CATALOG_MAX_BYTES, QUOTE_MAX, Catalog, gather, load_catalog
 from orchestrator.command_runner import ALONE, Liveness
 from orchestrator.command_steps import CommandSteps
 from orchestrator.errors import (
     CatalogError,
     GateFailed,
+    InvalidInput,
     InvalidStep,
     MissingArtifact,
+    RollbackRefused,
     VerificationFailed,
 )
 from orchestrator.gates import Verdict, run_checks
 from orchestrator.ledger import Ledger
 from orchestrator.ledger_format import now_iso, step_line
+from orchestrator.names import clip, describe_validation_error
 from orchestrator.promotion import check_upstream, promotable
 from orchestrator.rollback import holder_before, keep_before, restore, rollback_version
-from orchestrator.workspace import Workspace, artifact_name, write_if_changed
+from orchestrator.workspace import Workspace, artifact_name, sha256_of, write_if_changed
 from shared import (
     ENVIRONMENTS,
     HEALTH,
-    ApprovalRecord,
     ApprovalReport,
+    DecisionRecord,
     DeployInfo,
     ReleaseInfo,
+    RollbackTarget,
     StepInput,
-    clip,
-    describe_validation_error,
 )
 
 # Called by a step once its effect is in place, before its ledger line: (verb, step, attempt).
@@ -73,9 +76,11 @@ class ReleaseManagement(Workspace):
         after_effect: AfterEffect | None = None,
         failing_checks: frozenset[tuple[str, str, str]] = frozenset(),
         midway: AfterEffect | None = None,
+        catalog_max_bytes: int = CATALOG_MAX_BYTES,
     ) -> None:
         super().__init__(workspace)
         self.catalog_path = catalog
+        self.catalog_max_bytes = catalog_max_bytes
         self.step_seconds = step_seconds
         self.after_effect = after_effect
         # (artifact, environment, check) of the quality-gate checks that fail (FAILING_CHECKS).
@@ -88,7 +93,7 @@ class ReleaseManagement(Workspace):
 
     def catalog(self) -> Catalog:
         """The catalog, checked; any problem with it is a CatalogError of one line naming the file."""
-        return load_catalog(self.catalog_path)
+        return load_catalog(self.catalog_path, self.catalog_max_bytes)
 
     def release_keys(self) -> list[str]:
         return self.catalog().release_keys()
@@ -102,11 +107,15 @@ class ReleaseManagement(Workspace):
             unapproved_deploys=[d.deploy_key for d in release.deploys if not d.approved],
         )
 
-    def record_approval(self, record: ApprovalRecord, attempt: int = 1) -> None:
-        """One ledger line per approved deploy (deploy_key is the release key for the release itself).
+    def record_approval(self, record: DecisionRecord, attempt: int = 1) -> None:
+        """One ledger line per deploy the decision is about (deploy_key is the release key for the release itself).
 
-        A repeated call (a retry) adds lines with applied false: an approval is claimed once.
+        An approval names its approver ("approver"), any other decision its maker ("by"); an approval of one
+        environment's entry names that environment ("env"). A repeated call (a retry) adds lines with applied
+        false: a decision is claimed once.
         """
+        entry_approval = record.step == "approve" and len(record.environments) == 1
+        who = {"approver": record.by} if record.step in ("approve", "unfreeze") else {"by": record.by}
         for deploy_key in record.deploy_keys:
             self.ledger.record_unless_claimed(
                 {
@@ -114,11 +123,12 @@ class ReleaseManagement(Workspace):
                     "run_id": record.run_id,
                     "deploy_key": deploy_key,
                     "step": record.step,
-                    "env": None,
+                    "env": record.environments[0] if entry_approval else None,
                     **({"environments": record.environments} if record.environments else {}),
-                    "approver": record.approver,
+                    **who,
+                    **({"identity": record.identity} if record.identity else {}),
                     "attempt": attempt,
-                    "at": record.approved_at.isoformat(timespec="milliseconds"),
+                    "at": record.at.isoformat(timespec="milliseconds"),
                 }
             )
 
@@ -130,18 +140,20 @@ class ReleaseManagement(Workspace):
         step = _checked(step, "build")
         d = step.deploy
         self._work(live)
-        self.artifactory.mkdir(parents=True, exist_ok=True)
-        artifact = self.artifactory / artifact_name(d)
+        artifact = self.artifact_path(d)
+        artifact.parent.mkdir(parents=True, exist_ok=True)
         applied = CommandSteps(self, step, live).build()
         if applied is None:
             applied = write_if_changed(artifact, build_content(d, step.release_key))
         self._effect_in_place("build", step, attempt)
-        return StepOutcome(artifact.name, self._record(step, "build", attempt, started, applied))
+        # The build's digest: what each promotion of it must copy (orchestrator/promotion.py).
+        extra = {"sha256": sha256_of(self.inside(artifact))}
+        return StepOutcome(artifact.name, self._record(step, "build", attempt, started, applied, extra))
 
     def deploy(self, step: StepInput, attempt: int = 1, live: Liveness = ALONE) -> StepOutcome:
         """Copy the artifact from the environment before, with its configuration; applied if it changed a file.
 
-        Refused (NotVerified) unless the ledger shows this version passing its tests in the
+        Refused (NotVerified) unless the ledger shows these bytes, by digest, passing their tests in the
         environment before (DEV: built into the artifactory): a file there is not enough.
 
         The configuration file is the commit point. The new artifact goes in beside the old one,
@@ -156,15 +168,17 @@ class ReleaseManagement(Workspace):
         step = _checked(step, "deploy")
         d, env = step.deploy, step.env
         name = artifact_name(d)
-        source, missing = promotable(self, self.ledger, d, env, step.redeploy)
+        source = promotable(self, self.ledger, d, env, step.redeploy)
         self._work(live)
         self.env_dir(env).mkdir(parents=True, exist_ok=True)
         keep_before(self, step)
         try:
-            data = source.read_bytes()
+            data = self.inside(source.path).read_bytes()
         except FileNotFoundError:
-            raise missing from None  # removed while this step worked: no retry brings it back
-        applied = CommandSteps(self, step, live).deploy(data, source.parent.name)
+            raise source.missing from None  # removed while this step worked: no retry brings it back
+        if hashlib.sha256(data).hexdigest() != source.digest:
+            raise source.changed  # changed while this step worked: the bytes copied are the ones proven
+        applied = CommandSteps(self, step, live).deploy(data, source.path.parent.name)
         if applied is None:
             applied = write_if_changed(self.env_dir(env) / name, data)
         if self.midway is not None:
@@ -183,7 +197,7 @@ class ReleaseManagement(Workspace):
                 applied = True
         self._effect_in_place("deploy", step, attempt)
         # The config's digest: the inventory tells a config edited by hand from the one deployed.
-        extra = {"config_sha256": hashlib.sha256(rendered).hexdigest()}
+        extra = {"sha256": source.digest, "config_sha256": hashlib.sha256(rendered).hexdigest()}
         return StepOutcome(name, self._record(step, "deploy", attempt, started, applied, extra))
 
     def test(self, step: StepInput, attempt: int = 1, live: Liveness = ALONE) -> StepOutcome:
@@ -197,8 +211,11 @@ class ReleaseManagement(Workspace):
         step = _checked(step, "test")
         d, env = step.deploy, step.env
         name = artifact_name(d)
-        if not (self.env_dir(env) / name).is_file():
+        deployed = self.inside(self.env_dir(env) / name)
+        if not deployed.is_file():
             raise MissingArtifact(f"cannot test {d.container_id} {d.version} in {env}: {env} does not hold {name}")
+        # The bytes under test, by digest: a pass proves these, and only these may be promoted from here.
+        digest = sha256_of(deployed)
         self._work(live)
 
         commands = CommandSteps(self, step, live)
@@ -208,15 +225,18 @@ class ReleaseManagement(Workspace):
 
         applied, failed, findings = run_checks(self, step, check, commands.has_check, started)
         if failed is not None:
-            self._record(step, "test", attempt, started, applied, {"passed": False, "failed_check": failed})
+            verdict = {"passed": False, "failed_check": failed, "sha256": digest}
+            self._record(step, "test", attempt, started, applied, verdict)
             finding = f": {findings[0]}" if findings else ""
             error = VerificationFailed if failed == HEALTH else GateFailed
             raise error(clip(f"{name} failed {failed} in {env}{finding}", QUOTE_MAX))
         self._effect_in_place("test", step, attempt)
-        extra = {"passed": True, "checks": d.checks_in(env)}
+        extra = {"passed": True, "checks": d.checks_in(env), "sha256": digest}
         return StepOutcome(name, self._record(step, "test", attempt, started, applied, extra))
 
-    def rollback(self, step: StepInput, attempt: int = 1, live: Liveness = ALONE, by: str | None = None) -> StepOutcome:
+    def rollback(
+        self, step: StepInput, attempt: int = 1, live: Liveness = ALONE, by: str | None = None, identity: str = ""
+    ) -> StepOutcome:
         """Give step.env back exactly what it held of the container before this run deployed there.
 
         The artifact files and the config file, byte for byte, or nothing if it held nothing (see
@@ -232,32 +252,48 @@ class ReleaseManagement(Workspace):
         entries = self.ledger.entries() if old else []  # a rollback is rare: a deploy must not pay for this
         restored = holder_before(entries, step.env, step.deploy.container_id, step.run_id) if old else None
         self._effect_in_place("rollback", step, attempt)
-        extra = {"restored": restored, "by": by}
+        put_back = self.inside(self.env_dir(step.env) / old[0]) if old else None
+        digest = {"sha256": sha256_of(put_back)} if put_back is not None and put_back.is_file() else {}
+        extra = {"restored": restored, "by": by, **digest, **({"identity": identity} if identity else {})}
         # The artifact it holds again ("" for none), for the release to say what is where.
         return StepOutcome(old[0] if old else "", self._record(step, "rollback", attempt, started, applied, extra))
 
     def rollback_env(self, env: str, container: str, by: str, to: str | None = None) -> ReleaseInfo:
         """The release that re-promotes into env the version of container that passed its tests there before
-        the one it holds (or version `to`, which must have): from the artifactory, with the env's gates.
+        the one it holds (or version `to`, which must have): from the artifactory, with the env's gates. Its
+        version is a first look: the release chooses again under the target's lock (rollback_choice).
 
         ReleaseError says why not, in one line. Reads the whole ledger: a rollback is rare.
         """
+        if env not in ENVIRONMENTS:
+            raise InvalidInput(f"unknown environment {clip(env)!r}; the environments are {', '.join(ENVIRONMENTS)}")
+        try:
+            target = RollbackTarget(env=env, container=container, version=to)  # type: ignore[arg-type]
+        except ValidationError as err:
+            raise InvalidInput(describe_validation_error(err)) from None
         catalog = self.catalog()
         if container not in catalog.containers:
             raise CatalogError(f"the catalog has no container {clip(container)!r}: {', '.join(catalog.containers)}")
-        if env not in ENVIRONMENTS:
-            raise ValueError(f"unknown environment {clip(env)!r}; the environments are {', '.join(ENVIRONMENTS)}")
-        version = rollback_version(self.ledger.entries(), env, container, to)
-        key = f"ROLLBACK-{env}-{container}"
-        deploy = catalog.deploy(key, container, version, [env])
-        return ReleaseInfo(
+        key = target.release_key()
+        release = ReleaseInfo(
             release_key=key,
             now=True,
-            deploys=[deploy],
+            deploys=[catalog.deploy(key, container, self.rollback_choice(target), [env])],
             redeploy=True,
             requested_by=by,
             on_failure=catalog.default_on_failure,
+            rollback=target,
+            access=catalog.access([env]),
         )
+        try:
+            check_actor(release, by, env)
+        except ValueError as e:
+            raise RollbackRefused(str(e)) from None
+        return release
+
+    def rollback_choice(self, target: RollbackTarget) -> str:
+        """The version a rollback-env puts back into its environment, as the ledger says now (see rollback_env)."""
+        return rollback_version(self.ledger.entries(), target.env, target.container, target.version)
 
     def check_upstream(self, release: ReleaseInfo) -> None:
         """Refuse, before any starts, a release whose deploys cannot enter their first environment (promotion.py)."""

@@ -26,7 +26,8 @@ try:
     from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
     from activities import ReleaseActivities
-    from orchestrator.errors import ReleaseError
+    from orchestrator.catalog import check_failing_checks, load_catalog
+    from orchestrator.errors import CatalogError, ReleaseError
     from orchestrator.locks import LockActivities, TargetLockWorkflow
     from orchestrator.settings import Settings
     from orchestrator.versioning import default_build_id, deployment_config, make_current, supported
@@ -90,7 +91,10 @@ async def main(argv: list[str]) -> int:
         load_env_file()
         settings = Settings.from_env()
         target = connect_config()
-    except ValueError as e:
+        if settings.failing_checks:
+            catalog = load_catalog(settings.catalog, settings.catalog_max_bytes)
+            check_failing_checks(catalog, settings.failing_checks)
+    except (ValueError, CatalogError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     build_id = settings.build_id or default_build_id()
@@ -146,7 +150,11 @@ async def _versioned(client: Client, settings: Settings) -> bool | None:
 async def serve(client: Client, settings: Settings, target: dict, build_id: str | None) -> int:
     """Run the worker until Ctrl+C or SIGTERM; build_id None: unversioned."""
     rm = ReleaseManagement(
-        settings.workspace, settings.catalog, settings.step_seconds, failing_checks=settings.failing_checks
+        settings.workspace,
+        settings.catalog,
+        settings.step_seconds,
+        failing_checks=settings.failing_checks,
+        catalog_max_bytes=settings.catalog_max_bytes,
     )
     failures = FailureInjector(
         settings.failure_rate, settings.failure_seed, at=settings.failure_at, action=settings.failure_action

@@ -11,6 +11,8 @@
     .venv/bin/python run_workflow.py list                           # the catalog's releases and their latest runs
     .venv/bin/python run_workflow.py inventory [--json]             # what each environment holds, who put it there
     .venv/bin/python run_workflow.py history ENV [CONTAINER]        # promotions and rollbacks into ENV, newest first
+    .venv/bin/python run_workflow.py ledger verify                  # the ledger's hash chain, from its first line
+    .venv/bin/python run_workflow.py ledger seal --by NAME --reason TEXT  # accept a break someone has looked at
 
 Starting a release that is already running attaches to it and follows it.
 KEY defaults to RELEASE-NOV-23-INITIAL; `--list` is an alias of `list`.
@@ -20,21 +22,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import sys
 
 try:
-    from pydantic import BaseModel
+    from pydantic import ValidationError
     from temporalio.client import Client
     from temporalio.service import RPCError
 
     from orchestrator.catalog import load_catalog
-    from orchestrator.cli.actions import UserError, approve, cancel, decide, list_releases, status, unfreeze
+    from orchestrator.cli.actions import approve, cancel, decide, list_releases, status, unfreeze
+    from orchestrator.cli.diagnostics import UserError
     from orchestrator.cli.follower import start
-    from orchestrator.errors import CatalogError, ReleaseError
-    from orchestrator.inventory import print_history, print_inventory
+    from orchestrator.cli.ledger_checks import seal_ledger, verify_ledger
+    from orchestrator.errors import ReleaseError
+    from orchestrator.inventory import check_environment, print_history, print_inventory
+    from orchestrator.names import check_approver, check_release_key, describe_validation_error, printable
     from orchestrator.settings import Settings
-    from release_management import ReleaseManagement
-    from shared import DEFAULT_RELEASE_KEY, check_approver, check_release_key
+    from shared import DEFAULT_RELEASE_KEY, ReleaseRequest, RollbackTarget
     from utils import connect, connect_config, exit_now, load_env_file, script_command
 except ModuleNotFoundError as missing:
     from orchestrator.dependencies import explain_missing
@@ -53,6 +58,7 @@ SUBCOMMANDS = (
     "list",
     "inventory",
     "history",
+    "ledger",
 )
 # The subcommands that record who decided (--by), and what the name says that person does.
 DECIDING = {"approve": "approves", "unfreeze": "unfreezes", "retry": "asks to retry", "rollback": "asks to rollback"}
@@ -63,16 +69,26 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         argv = ["list", *argv[1:]]
     elif not argv or argv[0] not in (*SUBCOMMANDS, "-h", "--help"):
         argv = ["start", *argv]
-    parser = argparse.ArgumentParser(prog="run_workflow.py", description="Start, follow, approve and cancel releases.")
+    parser = argparse.ArgumentParser(
+        prog="run_workflow.py",
+        description="Start, follow, approve and cancel releases.",
+        epilog="With no subcommand, start: run_workflow.py [--release-key KEY] [--now] [--by NAME] starts the "
+        f"release KEY (default {DEFAULT_RELEASE_KEY}) and follows it; --now does not wait for its release date. "
+        "run_workflow.py start --help says more.",
+    )
     subcommands = parser.add_subparsers(dest="subcommand", required=True)
     start = subcommands.add_parser("start", help="start a release and follow it (the default command)")
     start.add_argument("--release-key", default=DEFAULT_RELEASE_KEY, help=f"default {DEFAULT_RELEASE_KEY}")
     start.add_argument("--now", action="store_true", help="do not wait for the release date")
+    start.add_argument("--by", dest="approver", help="who starts it (default: your login name), recorded")
     subcommands.add_parser("status", help="a release's progress").add_argument("release_key")
     approve = subcommands.add_parser("approve", help="approve a release waiting for approval")
     approve.add_argument("release_key")
     approve.add_argument("--by", required=True, dest="approver", help="who approves")
     approve.add_argument("--deploy", help="approve only this container's deploy")
+    approve.add_argument(
+        "--env", type=str.upper, help="approve the entry into this environment (its required approvals)"
+    )
     unfreeze = subcommands.add_parser("unfreeze", help="override the freeze windows for a FROZEN release")
     unfreeze.add_argument("release_key")
     unfreeze.add_argument("--by", required=True, dest="approver", help="who overrides the freeze")
@@ -91,43 +107,55 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     back.add_argument("container", metavar="CONTAINER")
     back.add_argument("--by", required=True, dest="approver", help="who asks for it")
     back.add_argument("--to", dest="version", help="this version, which must have passed its tests in ENV")
-    subcommands.add_parser("cancel", help="cancel a running release").add_argument("release_key")
+    cancel = subcommands.add_parser("cancel", help="cancel a running release")
+    cancel.add_argument("release_key")
+    cancel.add_argument("--by", dest="approver", help="who cancels it (default: your login name), recorded")
     subcommands.add_parser("list", help="the catalog's releases with the status of their latest runs")
     inventory = subcommands.add_parser("inventory", help="what each environment holds, who put it there, and drift")
     inventory.add_argument("--json", action="store_true", help="print it as JSON")
     history = subcommands.add_parser("history", help="the promotions and rollbacks into an environment, newest first")
     history.add_argument("env", metavar="ENV", help="DEV, TEST, QC or PROD")
     history.add_argument("container", metavar="CONTAINER", nargs="?", help="only this container")
+    ledger = subcommands.add_parser("ledger", help="check the ledger's hash chain, or seal a break")
+    ledger_actions = ledger.add_subparsers(dest="ledger_action", required=True)
+    ledger_actions.add_parser("verify", help="follow the hash chain from line 1; exit 1 where it breaks")
+    seal = ledger_actions.add_parser("seal", help="accept the chain's break, after looking at it: who and why")
+    seal.add_argument("--by", required=True, dest="approver", help="who looked at the break and accepts it")
+    seal.add_argument("--reason", required=True, help="what was found at the break")
     return parser.parse_args(argv)
 
 
-def prepare(args: argparse.Namespace, settings: Settings) -> tuple[str, list[str] | None, BaseModel | None]:
-    """What a subcommand acts on, checked before anything is sent: (release key, the catalog's keys if it reads,
-    a rollback-env's whole input). ValueError or ReleaseError says what is wrong, in one line."""
-    key = check_release_key(getattr(args, "release_key", DEFAULT_RELEASE_KEY))
-    if args.subcommand in (*DECIDING, "rollback-env"):
-        args.approver = check_approver(args.approver, DECIDING.get(args.subcommand, "asks to rollback-env"))
-    rm = ReleaseManagement(settings.workspace, settings.catalog)
-    try:
-        known: list[str] | None = load_catalog(settings.catalog).release_keys()
-    except CatalogError as e:
-        if args.subcommand == "list":
-            raise
-        if args.subcommand == "start" and settings.catalog.is_file():
-            # A catalog that reads but is wrong would fail the release as it gathers: say so before it starts.
-            raise CatalogError(f"cannot start {key}: {e}") from None
-        known = None  # the worker's catalog decides
-    if args.subcommand == "start" and known is not None:
-        if key not in known:
-            raise ValueError(f"unknown release key {key!r}; known keys: {', '.join(known)}")
-        try:
-            rm.gather_deployments(key)  # the release's own entry: what it gathers, it gets
-        except CatalogError as e:
-            raise CatalogError(f"cannot start {key}: {e}") from None
+def prepare(args: argparse.Namespace, settings: Settings) -> tuple[str, ReleaseRequest | list[str] | None]:
+    """What a subcommand acts on, checked before anything is sent: the release key, and what starts it (start,
+    rollback-env) or the catalog's keys (list). ValueError or ReleaseError says what is wrong, in one line."""
+    if args.subcommand in (*DECIDING, "rollback-env", "start", "cancel"):
+        does = DECIDING.get(args.subcommand, f"{args.subcommand}s" if args.subcommand != "rollback-env" else "asks")
+        args.approver = check_approver(args.approver or login_name(), does)
     if args.subcommand == "rollback-env":
-        payload = rm.rollback_env(args.env.upper(), args.container, args.approver, args.version)
-        return payload.release_key, known, payload
-    return key, known, None
+        try:
+            target = RollbackTarget(env=check_environment(args.env), container=args.container, version=args.version)
+        except ValidationError as e:
+            raise ValueError(describe_validation_error(e).split(": ", 1)[-1]) from None
+        return target.release_key(), ReleaseRequest(
+            release_key=target.release_key(), now=True, by=args.approver, rollback=target
+        )
+    key = check_release_key(getattr(args, "release_key", DEFAULT_RELEASE_KEY))
+    if args.subcommand == "start":
+        # The worker's catalog decides what the release is: an unknown key is refused by the worker.
+        return key, ReleaseRequest(release_key=key, now=args.now, by=args.approver)
+    if args.subcommand == "approve" and args.env is not None:
+        check_environment(args.env)
+    if args.subcommand == "list":
+        return key, load_catalog(settings.catalog, settings.catalog_max_bytes).release_keys()
+    return key, None
+
+
+def login_name() -> str:
+    """Who runs this command, as the system knows them: the default of --by where it is optional."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
 
 
 async def main(argv: list[str]) -> int:
@@ -140,10 +168,14 @@ async def main(argv: list[str]) -> int:
             return print_inventory(settings.workspace, args.json)
         if args.subcommand == "history":
             return print_history(settings.workspace, args.env, args.container)
+        if args.subcommand == "ledger" and args.ledger_action == "verify":
+            return verify_ledger(settings.workspace)
+        if args.subcommand == "ledger":
+            return seal_ledger(settings.workspace, check_approver(args.approver, "seals"), args.reason)
         target = connect_config()
-        key, known, payload = prepare(args, settings)
+        key, asked = prepare(args, settings)
     except (ValueError, ReleaseError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {printable(str(e))}", file=sys.stderr)
         return 2
     try:
         # The starter reports outages itself, in one line, instead of the SDK's retry warnings.
@@ -157,9 +189,9 @@ async def main(argv: list[str]) -> int:
         )
         return 3
     try:
-        return await dispatch(client, args, settings, target, key, known, payload)
+        return await dispatch(client, args, settings, target, key, asked)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {printable(str(e))}", file=sys.stderr)
         return e.code
     except RPCError as e:
         print(f"error: Temporal at {target['target_host']} refused the request: {e.message}", file=sys.stderr)
@@ -172,23 +204,22 @@ async def dispatch(
     settings: Settings,
     target: dict,
     key: str,
-    known: list[str] | None,
-    payload: BaseModel | None,
+    asked: ReleaseRequest | list[str] | None,
 ) -> int:
     """Run the subcommand against Temporal; its exit code."""
-    if args.subcommand in ("start", "rollback-env"):
-        return await start(client, settings, target, key, args.subcommand == "rollback-env" or args.now, payload)
+    if isinstance(asked, ReleaseRequest):
+        return await start(client, settings, target, asked)
     if args.subcommand == "status":
         return await status(client, settings, target, key)
     if args.subcommand == "approve":
-        return await approve(client, settings, key, args.approver, args.deploy)
+        return await approve(client, settings, key, args.approver, args.deploy, args.env)
     if args.subcommand == "unfreeze":
         return await unfreeze(client, settings, key, args.approver)
     if args.subcommand in ("retry", "rollback"):
         return await decide(client, settings, key, args.subcommand, args.approver, args.deploy)
     if args.subcommand == "cancel":
-        return await cancel(client, settings, key)
-    return await list_releases(client, known or [])
+        return await cancel(client, settings, key, args.approver)
+    return await list_releases(client, asked or [])
 
 
 def stopped_waiting(argv: list[str]) -> None:

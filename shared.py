@@ -5,14 +5,21 @@ Plain Python: no temporalio import, so release_management.py and the domain modu
 
 from __future__ import annotations
 
-import re
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from orchestrator.freeze import parse_moment, parse_weekly
+from orchestrator.names import (
+    CHECK_NAME,
+    check_check_name,
+    check_container_id,
+    check_release_key,
+    check_version,
+    clip,
+)
 
 # Promotion order: each environment takes its artifact from the one before it,
 # DEV from the artifactory.
@@ -26,13 +33,6 @@ TASK_QUEUE = "release-task-queue"
 DEFAULT_RELEASE_KEY = "RELEASE-NOV-23-INITIAL"
 REPO_ROOT = Path(__file__).resolve().parent
 
-# Artifacts are files named "<container_id>-<version>", so a version holds no "-"
-# and starts with a digit: the name then splits back unambiguously at its last "-".
-CONTAINER_ID = re.compile(r"^[a-z0-9](?:[a-z0-9_.-]{0,62}[a-z0-9])?$")
-VERSION = re.compile(r"^[0-9][A-Za-z0-9._+]{0,31}$")
-RELEASE_KEY_MAX = 100
-RELEASE_KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-APPROVER_MAX = 100
 # A release's deploys and the events it keeps are capped: its state travels in every
 # query and stays in the workflow's memory for the release's whole life.
 MAX_DEPLOYS = 50
@@ -48,7 +48,6 @@ DEFAULT_CHECKS: dict[str, list[str]] = {
     "QC": ["performance", "security"],
     "PROD": ["smoke"],
 }
-CHECK_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
 MAX_CHECKS = 10
 # Per-environment configuration values rendered into environments/<ENV>/config/<container>.json.
 ConfigValue = str | int | float | bool | None
@@ -60,46 +59,6 @@ FAILING_CHECKS_MAX = 100
 
 def release_workflow_id(release_key: str) -> str:
     return f"release-{release_key}"
-
-
-def clip(text: str, limit: int = 40) -> str:
-    """text cut to limit characters with a visible mark, so an error never echoes a huge input back."""
-    return text if len(text) <= limit else f"{text[: limit - 1]}…"
-
-
-def check_name(value: str, pattern: re.Pattern[str], what: str, rule: str) -> str:
-    """value, if it matches pattern whole and holds no ".." (names make paths); ValueError naming the rule."""
-    if not pattern.fullmatch(value) or ".." in value:
-        raise ValueError(f"{what} {clip(value)!r} is invalid: {rule}")
-    return value
-
-
-def check_release_key(key: str) -> str:
-    if len(key) > RELEASE_KEY_MAX:
-        raise ValueError(f"release key {clip(key)!r} is {len(key)} characters long; the limit is {RELEASE_KEY_MAX}")
-    return check_name(key, RELEASE_KEY_PATTERN, "release key", "use letters, digits, '.', '_' and '-'")
-
-
-def check_approver(name: str, does: str = "approves") -> str:
-    """The approver's name, stripped: 1-100 printable characters, so it cannot draw fake lines in a terminal."""
-    name = name.strip()
-    if not name:
-        raise ValueError(f"the approver is empty: say who {does}")
-    if len(name) > APPROVER_MAX:
-        raise ValueError(f"the approver's name is {len(name)} characters long; the limit is {APPROVER_MAX}")
-    if not name.isprintable():
-        raise ValueError("the approver's name holds control characters (newlines, escapes): use plain text")
-    return name
-
-
-def check_check_name(name: str) -> str:
-    if not name.strip():
-        raise ValueError("a check needs a name")
-    if not CHECK_NAME.fullmatch(name):
-        raise ValueError(
-            f"check {clip(name)!r} is invalid: lowercase letters, digits, '_' and '-', at most 40, first a letter"
-        )
-    return name
 
 
 class DeployInfo(BaseModel):
@@ -142,12 +101,12 @@ class DeployInfo(BaseModel):
     @field_validator("container_id")
     @classmethod
     def _container_id(cls, v: str) -> str:
-        return check_name(v, CONTAINER_ID, "container id", "use lowercase letters, digits, '.', '_' and '-'")
+        return check_container_id(v)
 
     @field_validator("version")
     @classmethod
     def _version(cls, v: str) -> str:
-        return check_name(v, VERSION, "version", "start with a digit; letters, digits, '.', '_', '+'")
+        return check_version(v)
 
     @model_validator(mode="after")
     def _consecutive_environments(self) -> DeployInfo:
@@ -244,6 +203,52 @@ class FreezeWindow(BaseModel):
         return self
 
 
+class EnvironmentAccess(BaseModel):
+    """Who may act in an environment, from the catalog: approve entry into it, unfreeze, retry and roll back
+    there. approvers None: anyone; required_approvals: how many of them must approve a deploy before it enters."""
+
+    approvers: list[str] | None = None
+    required_approvals: int = Field(default=0, ge=0, le=10)
+    prevent_self_approval: bool = False
+
+
+class RollbackTarget(BaseModel):
+    """What a rollback-env asks: put back into env the version of container that passed its tests there before
+    the one it holds, or the version named, which must have."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    env: Environment
+    container: Annotated[str, AfterValidator(check_container_id)]
+    version: Annotated[str, AfterValidator(check_version)] | None = None
+
+    def release_key(self) -> str:
+        return f"ROLLBACK-{self.env}-{self.container}"
+
+
+class ReleaseRequest(BaseModel):
+    """A release's whole input: what a person chose. Everything else (versions, checks, commands, freezes, the
+    approvals it needs) the worker derives from its own catalog; an input with any other field is refused.
+
+    by: who started it (who asks, for a rollback-env); rollback: a rollback-env's target.
+    """
+
+    # Other fields are kept, for the workflow to refuse them by name (a release started by 1.0 sent them all).
+    model_config = ConfigDict(extra="allow")
+
+    release_key: str
+    now: bool = False
+    by: str | None = None
+    rollback: RollbackTarget | None = None
+    # The identity the starting Temporal client reports, recorded with who started it.
+    identity: str = ""
+
+    @field_validator("release_key")
+    @classmethod
+    def _release_key(cls, v: str) -> str:
+        return check_release_key(v)
+
+
 class ReleaseInfo(BaseModel):
     """A release: its key and, once gathered, its deploys."""
 
@@ -261,6 +266,14 @@ class ReleaseInfo(BaseModel):
     # that passed its tests in its environment before; requested_by is recorded as its approval.
     redeploy: bool = False
     requested_by: str | None = None
+    # Who started the release (run_workflow.py start --by), recorded; a rollback-env's asker is requested_by.
+    started_by: str | None = None
+    identity: str = ""
+    # A rollback-env started since 1.1: the version is chosen under the target's lock (its deploy's is a guess).
+    rollback: RollbackTarget | None = None
+    # Who may approve the release and its deploys (None: anyone), and who may act in each environment.
+    release_approvers: list[str] | None = None
+    access: dict[Environment, EnvironmentAccess] = Field(default_factory=dict)
 
     @field_validator("freezes")
     @classmethod
@@ -297,6 +310,9 @@ class Approval(BaseModel):
 
     approver: str = ""
     deploy: str | None = None
+    # The environment whose entry this approves (its required approvals); None: the release or its deploys.
+    env: str | None = None
+    identity: str = ""
 
 
 class ApprovalReply(BaseModel):
@@ -308,25 +324,30 @@ class ApprovalReply(BaseModel):
     still_waiting: list[str]
 
 
-class ApprovalRecord(BaseModel):
-    """Approvals the ledger records: who approved which deploys (or the release) and when.
+class DecisionRecord(BaseModel):
+    """A person's decision the ledger records: who, by which Temporal client, about which deploys, and when.
 
-    step "unfreeze": who overrode the freeze of these environments for the release (deploy_keys: the release key).
+    step approve: who approved these deploys (a deploy key; the release key for the release itself), for entry
+    into environments, if any; unfreeze: who overrode the freeze of these environments; start, cancel: who
+    started or cancelled the release; retry: who asked a held deploy's checks to run again.
     """
 
     release_key: str
     run_id: str
-    approver: str
-    approved_at: datetime
+    by: str
+    at: datetime
     deploy_keys: list[str]
-    step: Literal["approve", "unfreeze"] = "approve"
+    step: Literal["approve", "unfreeze", "start", "cancel", "retry"] = "approve"
     environments: list[Environment] = Field(default_factory=list)
+    # The identity the sending Temporal client reported ("4242@host" for run_workflow.py); "" if it sent none.
+    identity: str = ""
 
 
 class Unfreeze(BaseModel):
     """An override of the freeze windows for one release, sent by Update or Signal (checked by the workflow)."""
 
     approver: str = ""
+    identity: str = ""
 
 
 class UnfreezeReply(BaseModel):
@@ -372,6 +393,7 @@ class RollbackRequest(BaseModel):
 
     step: StepInput
     by: str | None = None
+    identity: str = ""
 
 
 class Decision(BaseModel):
@@ -380,6 +402,7 @@ class Decision(BaseModel):
 
     approver: str = ""
     deploy: str | None = None
+    identity: str = ""
 
 
 class DecisionReply(BaseModel):
@@ -437,6 +460,7 @@ class ReleaseState(BaseModel):
     approved: bool = True
     approved_by: str | None = None
     approved_at: datetime | None = None
+    started_by: str | None = None
     deploys: list[DeployState] = Field(default_factory=list)
     # The last EVENTS_KEPT events; event_count counts every event ever added, so a
     # follower knows how many it missed when the oldest were dropped.
@@ -446,19 +470,6 @@ class ReleaseState(BaseModel):
     # Who overrode the release's freeze windows (run_workflow.py unfreeze), and when.
     unfrozen_by: str | None = None
     unfrozen_at: datetime | None = None
-
-
-def describe_validation_error(err: ValueError) -> str:
-    """One line for a pydantic ValidationError (or any ValueError): what is wrong, where."""
-    errors = getattr(err, "errors", None)
-    if not callable(errors):
-        return str(err)
-    parts = []
-    for e in errors():
-        where = ".".join(str(p) for p in e.get("loc", ()))
-        msg = str(e.get("msg", "")).removeprefix("Value error, ")
-        parts.append(f"{where}: {msg}" if where else msg)
-    return "; ".join(parts)
 
 
 def step_summary(verb: str, step: StepInput) -> str:

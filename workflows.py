@@ -19,12 +19,14 @@ with workflow.unsafe.imports_passed_through():
     from orchestrator.errors import root_cause
     from orchestrator.flow.approvals import Approvals
     from orchestrator.flow.deploys import Deploys
+    from orchestrator.flow.entry_approvals import EntryApprovals
     from orchestrator.flow.failure_policy import FailurePolicy
     from orchestrator.flow.freeze_gate import FreezeGate
     from orchestrator.flow.lock_client import LockClient
     from orchestrator.flow.messages import update_and_signal
     from orchestrator.flow.release_run import ReleaseRun
-    from orchestrator.flow.steps import bookkeeping, message_of
+    from orchestrator.flow.steps import bookkeeping, message_of, record
+    from orchestrator.names import check_approver, clip, one_line
     from shared import (
         CANCELLED,
         FAILED,
@@ -35,6 +37,7 @@ with workflow.unsafe.imports_passed_through():
         Decision,
         DecisionReply,
         ReleaseInfo,
+        ReleaseRequest,
         ReleaseResult,
         ReleaseState,
         Unfreeze,
@@ -47,13 +50,14 @@ with workflow.unsafe.imports_passed_through():
 @workflow.defn(failure_exception_types=[ValidationError])
 class ReleaseWorkflow:
     @workflow.init
-    def __init__(self, release: ReleaseInfo) -> None:
-        self.release = ReleaseRun(release)
-        self.approvals = Approvals(self.release)
-        self.freeze = FreezeGate(self.release, self.approvals)
+    def __init__(self, request: ReleaseRequest) -> None:
+        self.release = ReleaseRun(ReleaseInfo(release_key=request.release_key, now=request.now))
+        self.freeze = FreezeGate(self.release)
+        self.approvals = Approvals(self.release, EntryApprovals(self.release, self.freeze.waiting))
         self.locks = LockClient(self.release)
         self.policy = FailurePolicy(self.release, self.locks, self.freeze.waiting)
-        self.deploys = Deploys(self.release, self.locks, self.freeze, self.policy)
+        self.cancelling: Decision | None = None
+        self.deploys = Deploys(self.release, self.locks, self.freeze, self.approvals.entry, self.policy)
 
     # --- what people and locks send: each handler delegates ---
 
@@ -80,13 +84,18 @@ class ReleaseWorkflow:
     def lock_check(self, lock: str) -> None:
         """A lock asks whether this release still runs: a signal that arrives is the answer."""
 
+    @workflow.signal
+    def cancelled_by(self, decision: Decision) -> None:
+        """Who cancels the release (run_workflow.py cancel sends it before the cancel), to be recorded."""
+        self.cancelling = decision
+
     # --- the release ---
 
     @workflow.run
-    async def run(self, release: ReleaseInfo) -> ReleaseResult:
+    async def run(self, request: ReleaseRequest) -> ReleaseResult:
         try:
-            await self._gather(release)
-            await self.approvals.record_requester()
+            await self._gather(request)
+            await self.approvals.record_people()
             await self.approvals.wait_for_release_date()
             await self.approvals.ask_approval_system()
             skipped = await self.approvals.settle()
@@ -99,18 +108,55 @@ class ReleaseWorkflow:
             # A cancel that lands while an activity runs arrives as that activity's error.
             if isinstance(err, asyncio.CancelledError) or is_cancelled_exception(err):
                 self.release.finish(CANCELLED, f"deployed before the cancel: {self.release.deployed()}")
+                await self._record_cancel()
             else:
                 self.release.finish(FAILED, message_of(root_cause(err)))
             raise
         self.release.finish(SUCCESS)
-        return ReleaseResult(release_key=release.release_key, status="SUCCESS", deploys=outcomes, skipped=skipped)
+        return ReleaseResult(release_key=request.release_key, status="SUCCESS", deploys=outcomes, skipped=skipped)
 
-    async def _gather(self, release: ReleaseInfo) -> None:
-        """The release's deploys, from the catalog unless the input brings them (a rollback-env)."""
+    async def _record_cancel(self) -> None:
+        """Record who cancelled the release, if they said (a cancel from elsewhere names nobody)."""
+        decision, key = self.cancelling, self.release.state.release_key
+        if decision is not None and decision.approver.strip():
+            by = one_line(decision.approver)[:100]
+            self.release.event(f"cancelled by {by}")
+            await record(self.release, "cancel", by, [key], identity=decision.identity)
+
+    async def _gather(self, request: ReleaseRequest) -> None:
+        """The release as the worker's catalog describes it; the input says only which, and who asks."""
+        key = request.release_key
+        if request.by is not None:
+            try:
+                check_approver(request.by, "starts it")
+            except ValueError as e:
+                raise ApplicationError(f"release {key}: {e}", type="InvalidInput", non_retryable=True) from None
+        release = self._started_by_1_0(request) if request.model_extra else None
+        if request.rollback is not None:
+            if request.by is None:
+                raise ApplicationError(
+                    f"release {key}: say who asks the rollback", type="InvalidInput", non_retryable=True
+                )
+            release = await bookkeeping(ReleaseActivities.gather_rollback, request, f"gather {key}")
+            release = release.model_copy(update={"identity": request.identity})
+        elif release is None or not release.deploys:
+            gathered = await bookkeeping(ReleaseActivities.gather_deployments, key, f"gather deploys of {key}")
+            update = {"now": request.now, "started_by": request.by, "identity": request.identity}
+            release = gathered.model_copy(update=update)
         if not release.deploys:
-            summary = f"gather deploys of {release.release_key}"
-            gathered = await bookkeeping(ReleaseActivities.gather_deployments, release.release_key, summary)
-            release = gathered.model_copy(update={"now": release.now})
-        if not release.deploys:
-            raise ApplicationError(f"release {release.release_key} has no deploys", non_retryable=True)
+            raise ApplicationError(f"release {key} has no deploys", non_retryable=True)
         self.release.gathered(release)
+
+    def _started_by_1_0(self, request: ReleaseRequest) -> ReleaseInfo:
+        """An input with fields no person chooses: refused, but for a release started by 1.0, whose rollback-env
+        sent its whole release (docs/design.md, Patches: trust-boundary)."""
+        if workflow.patched("trust-boundary"):
+            names = ", ".join(sorted(request.model_extra or {}))
+            raise ApplicationError(
+                f"release {request.release_key}: its input holds {clip(names, 200)}, which no person chooses: a "
+                "release's input is its key, now, who starts it and a rollback target; the worker's catalog gives "
+                "the rest",
+                type="InvalidInput",
+                non_retryable=True,
+            )
+        return ReleaseInfo.model_validate(request.model_dump())

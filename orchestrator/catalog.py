@@ -10,9 +10,10 @@ import json
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from orchestrator.errors import CatalogError, UnknownRelease
+from orchestrator.names import check_approver, check_check_name, check_release_key, clip, describe_validation_error
 from orchestrator.step_commands import StepCommands
 from shared import (
     DEFAULT_CHECKS,
@@ -24,18 +25,17 @@ from shared import (
     ApprovalPolicy,
     ConfigValue,
     DeployInfo,
+    EnvironmentAccess,
     FreezeWindow,
     OnFailure,
     ReleaseInfo,
-    check_check_name,
     check_config,
-    check_release_key,
-    clip,
-    describe_validation_error,
 )
 
 # An error message quotes at most this much of what it read, so one line stays one line.
 QUOTE_MAX = 300
+# A catalog larger than this is refused (RELEASE_CATALOG_MAX_BYTES): every gather reads it whole.
+CATALOG_MAX_BYTES = 1_000_000
 
 
 class CatalogRelease(BaseModel):
@@ -73,6 +73,10 @@ class ReleaseEnvironments(BaseModel):
         return v
 
 
+# A list of people's names: each a name a person could type (no control characters, one script), none twice.
+People = Annotated[list[Annotated[str, AfterValidator(check_approver)]], Field(max_length=100)]
+
+
 class EnvironmentSettings(BaseModel):
     """What the catalog says about one environment: its quality gates, configuration and freeze windows."""
 
@@ -83,6 +87,27 @@ class EnvironmentSettings(BaseModel):
     checks: list[Annotated[str, AfterValidator(check_check_name)]] | None = Field(default=None, max_length=MAX_CHECKS)
     config: dict[str, ConfigValue] = Field(default_factory=dict)
     freeze: list[FreezeWindow] = Field(default_factory=list, max_length=MAX_FREEZE_WINDOWS)
+    # Who may act there (approve entry, unfreeze, retry, roll back); absent: anyone.
+    approvers: People | None = None
+    # How many different approvers must approve a deploy before it enters; 0: none.
+    required_approvals: int = Field(default=0, ge=0, le=10)
+    # The person who started the release may not approve its entry here.
+    prevent_self_approval: bool = False
+
+    @model_validator(mode="after")
+    def _enough_approvers(self) -> EnvironmentSettings:
+        if self.approvers is not None and self.required_approvals > len(self.approvers):
+            raise ValueError(
+                f"required_approvals is {self.required_approvals}, but only {len(self.approvers)} approvers are named"
+            )
+        return self
+
+    def access(self) -> EnvironmentAccess:
+        return EnvironmentAccess(
+            approvers=self.approvers,
+            required_approvals=self.required_approvals,
+            prevent_self_approval=self.prevent_self_approval,
+        )
 
     @field_validator("checks")
     @classmethod
@@ -112,7 +137,9 @@ class Catalog(BaseModel):
         default_factory=dict
     )
     releases: list[CatalogRelease]
-    # Steps run as commands instead of the simulation (see commands.py); absent: all simulated.
+    # Who may approve releases and their deploys (approved false, unapproved); absent: anyone.
+    release_approvers: People | None = None
+    # Steps run as commands instead of the simulation (see step_commands.py); absent: all simulated.
     commands: StepCommands | None = None
 
     def settings(self, env: str) -> EnvironmentSettings:
@@ -121,6 +148,10 @@ class Catalog(BaseModel):
     def checks(self, env: str) -> list[str]:
         checks = self.settings(env).checks
         return list(DEFAULT_CHECKS.get(env, []) if checks is None else checks)
+
+    def access(self, environments: list[str]) -> dict[str, EnvironmentAccess]:
+        """Who may act in these environments, where the catalog says anything about it."""
+        return {env: s.access() for env in environments if (s := self.settings(env)).access() != EnvironmentAccess()}
 
     def release_keys(self) -> list[str]:
         return [r.release_key for r in self.releases]
@@ -161,12 +192,18 @@ def catalog_problem(err: ValidationError, text: str) -> str:
     return "; ".join(parts)
 
 
-def load_catalog(path: Path) -> Catalog:
+def load_catalog(path: Path, max_bytes: int = CATALOG_MAX_BYTES) -> Catalog:
     """The catalog at path, checked; any problem with it is a CatalogError of one line naming the file."""
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)
     except OSError as e:
         raise CatalogError(f"cannot read release catalog {path}: {e.strerror or e}") from None
+    if len(data) > max_bytes:
+        size = path.stat().st_size
+        raise CatalogError(
+            f"release catalog {path} is {size:,} bytes; the limit is {max_bytes:,} (RELEASE_CATALOG_MAX_BYTES)"
+        )
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -186,6 +223,19 @@ def load_catalog(path: Path) -> Catalog:
             raise CatalogError(f"release catalog {path} lists release {clip(r.release_key)!r} more than once")
         seen.add(r.release_key)
     return catalog
+
+
+def check_failing_checks(catalog: Catalog, failing: frozenset[tuple[str, str, str]]) -> None:
+    """ValueError, in one line, for a FAILING_CHECKS item that could never fail anything: a container the catalog
+    does not list, or a check its environment does not run."""
+    for artifact, env, check in sorted(failing):
+        item = f"FAILING_CHECKS: {artifact}:{env}:{check}"
+        container = artifact.rpartition("-")[0]
+        if container not in catalog.containers:
+            raise ValueError(f"{item}: the catalog lists no container {container!r}")
+        runs = [*catalog.checks(env), HEALTH]
+        if check not in runs:
+            raise ValueError(f"{item}: {env} runs no check {check!r}; its checks are {', '.join(runs)}")
 
 
 def gather(catalog: Catalog, path: Path, release_key: str) -> ReleaseInfo:
@@ -224,6 +274,8 @@ def gather(catalog: Catalog, path: Path, release_key: str) -> ReleaseInfo:
             deploys=deploys,
             freezes={e: catalog.settings(e).freeze for e in entry.environments if catalog.settings(e).freeze},
             on_failure=entry.on_failure or catalog.default_on_failure,
+            release_approvers=catalog.release_approvers,
+            access=catalog.access(entry.environments),
         )
     except ValidationError as e:
         raise CatalogError(

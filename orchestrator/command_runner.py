@@ -5,7 +5,7 @@
   as RELEASE_CONTAINER, RELEASE_VERSION, RELEASE_ENV, RELEASE_KEY, RELEASE_CHECK, RELEASE_WORKSPACE,
   RELEASE_ARTIFACT and RELEASE_GIT_URL.
 - Paths from commands and placeholders never escape the workspace: the command runs in the workspace (its
-  cwd), and an argument that is a path (or the value of an --option=path) reaching outside it after
+  cwd), and an argument that is a path (or the value of an --option=path or -opath) reaching outside it after
   substitution is refused before anything runs. The program, argv[0], is exempt: it may be /bin/sh, sh (from
   PATH) or examples/build.sh, which is relative to the repository root, not to the cwd.
 - A command runs in a process group of its own, killed whole (SIGTERM, then SIGKILL after a grace) on timeout,
@@ -32,9 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, ClassVar
 
+from orchestrator.names import clip
 from orchestrator.process_group import KILL_WAIT_SECONDS, exited, stop_group
 from orchestrator.step_commands import NAME_PLACEHOLDERS, PLACEHOLDERS, StepCommand
-from shared import REPO_ROOT, clip
+from shared import REPO_ROOT
 
 # What run_command keeps: the output file's head, the tail in memory (for the error, the return value and
 # the file's end), the last lines the error quotes, and the error's length.
@@ -309,13 +310,16 @@ def _substituted(argv: list[str], values: Mapping[str, str]) -> list[str]:
 
 
 def _escapes(arg: str, ws: Path) -> bool:
-    """Whether arg, as a path (or the value of --option=path), reaches outside ws; relative ones are from ws.
+    """Whether arg, as a path (or the value of --option=path, or of a short option -opath), reaches outside ws;
+    relative ones are from ws. A path inside a longer text ("a:/b") is not looked for.
 
     Symbolic links are followed: a link in the workspace to elsewhere is elsewhere.
     """
     candidates = [arg]
     if "=" in arg:
         candidates.append(arg.split("=", 1)[1])
+    if arg.startswith("-") and not arg.startswith("--"):
+        candidates.append(arg[2:])  # -t/outside: the option's value follows its letter
     for candidate in candidates:
         if not candidate:
             continue

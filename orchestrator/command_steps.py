@@ -31,7 +31,7 @@ class CommandSteps:
         command = self.commands.build
         if command is None:
             return None
-        artifact = self.ws.artifactory / artifact_name(self.step.deploy)
+        artifact = self.ws.artifact_path(self.step.deploy)
         before = bytes_of(artifact)
         self._run(command, None, artifact, artifact.with_name("reports") / artifact.name / "build.log")
         if not artifact.is_file():
@@ -47,7 +47,7 @@ class CommandSteps:
         d, env = self.step.deploy, self.step.env
         target = self.ws.env_dir(env) / artifact_name(d)
         before = bytes_of(target)
-        self._run(command, env, target, self.ws.artifactory / "reports" / artifact_name(d) / f"{env}-deploy.log")
+        self._run(command, env, target, self.ws.report_path(d, env, "deploy").with_suffix(".log"))
         if bytes_of(target) != data:
             raise CommandFailed(f"the deploy command did not put {target.name} from {source} into {env}")
         return before != data
@@ -59,7 +59,7 @@ class CommandSteps:
         if command is None:
             return None
         d, env = self.step.deploy, self.step.env
-        log = self.ws.report_path(d, env, check).with_suffix(".log")
+        log = self.ws.report_path(d, env, check, self.step.retry).with_suffix(".log")
         try:
             self._run(command, env, self.ws.env_dir(env) / artifact_name(d), log, check)
         except CommandRefused:

@@ -2,7 +2,7 @@
 
 Plain Python, no temporalio. A report this try already wrote is its verdict: a retry by Temporal never runs a
 check again, so a failure stays one and a check that passed is not run twice. Only a new try that a person asks
-for (StepInput.retry) runs them anew.
+for (StepInput.retry) runs them anew, with reports of its own beside the failed try's.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def run_checks(
     d, env = step.deploy, step.env
     applied = False
     for name in [*d.checks_in(env), HEALTH]:
-        report = ws.report_path(d, env, name)
+        report = ws.report_path(d, env, name, step.retry)
         verdict = verdict_of(report, step.run_id, step.retry)
         if verdict is None:
             verdict = check(name)

@@ -18,14 +18,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from orchestrator.ledger import Ledger
+from orchestrator.ledger_chain import Chain
 from orchestrator.ledger_format import is_claim
-from shared import ARTIFACTORY, CONTAINER_ID, ENVIRONMENTS, VERSION, clip
+from orchestrator.names import CONTAINER_ID, VERSION, clip
+from shared import ARTIFACTORY, ENVIRONMENTS, RollbackTarget
 
 TEXT_MAX = 100  # a string read from the ledger or the folders is shown clipped to this
 DRIFT_MAX = 300
 CELL_MAX = 40
 HISTORY_MAX = 100  # history shows the newest lines, and says how many older ones it left out
 ENTRY_FIELDS = ("version", "release_key", "run_id", "at", "approved_by")
+VERIFIED, FAILED, UNTESTED = "verified", "failed", "untested"
 
 
 @dataclass
@@ -38,13 +41,15 @@ class Placement:
     at: str | None = None
     approved_by: str | None = None
     drift: str | None = None
+    # What its checks in this environment said: verified, failed, or untested (none ran, or a cancel stopped them).
+    state: str = UNTESTED
     # Whether the deploy that put it there wrote a config file: deploys before quality gates wrote none.
     config_written: bool = field(default=True, repr=False, compare=False)
     # The SHA-256 of the config file the deploy wrote, where its ledger line says (deploys since issue 11).
     config_sha256: str | None = field(default=None, repr=False, compare=False)
 
     def as_json(self) -> dict[str, str | None]:
-        entry = {name: getattr(self, name) for name in ENTRY_FIELDS}
+        entry = {**{name: getattr(self, name) for name in ENTRY_FIELDS}, "state": self.state}
         return {**entry, "drift": self.drift} if self.drift else entry
 
 
@@ -67,9 +72,15 @@ class Move:
 class Inventory:
     placements: dict[str, dict[str, Placement]]  # environment (promotion order) -> container (sorted) -> placement
     skipped: int  # ledger lines that could not be read
+    chain: Chain = field(default_factory=Chain)  # the ledger's hash chain, as its lines say
 
     def as_json(self) -> dict[str, dict[str, dict[str, str | None]]]:
         return {env: {c: h.as_json() for c, h in placed.items()} for env, placed in self.placements.items()}
+
+    def trusted(self) -> bool:
+        """Whether every environment holds only versions whose checks passed there, exactly as deployed."""
+        placed = [h for env in self.placements.values() for h in env.values()]
+        return self.chain.broken_at is None and all(h.state == VERIFIED and not h.drift for h in placed)
 
 
 def replay(entries: list[dict[str, object]]) -> tuple[dict[str, dict[str, Placement]], list[Move], int]:
@@ -86,6 +97,7 @@ def replay(entries: list[dict[str, object]]) -> tuple[dict[str, dict[str, Placem
     first_gated = markers[0] if markers else len(entries)
     gated_runs = {entries[i].get("run_id") for i in markers}
 
+    verdicts = _verdicts(entries)
     placements: dict[str, dict[str, Placement]] = {env: {} for env in ENVIRONMENTS}
     deployed: dict[tuple[object, ...], Placement] = {}
     moves: list[Move] = []
@@ -105,6 +117,7 @@ def replay(entries: list[dict[str, object]]) -> tuple[dict[str, dict[str, Placem
             placement = Placement(version, _text(release_key), _text(run), _text(e.get("at")), approver)
             placement.config_written = i > first_gated or run in gated_runs
             placement.config_sha256 = _text(e.get("config_sha256"))
+            placement.state = verdicts.get((env, container, run, version), UNTESTED)
             deployed[(env, container, run, version)] = placement
             placements[env][container] = placement
             moves.append(Move(env, container, version, placement.release_key, placement.run_id, placement.at, approver))
@@ -114,7 +127,9 @@ def replay(entries: list[dict[str, object]]) -> tuple[dict[str, dict[str, Placem
             continue
         back = None
         if isinstance(restored, dict):
-            back = _restored(restored, deployed.get((env, container, restored.get("run_id"), restored.get("version"))))
+            was = (env, container, restored.get("run_id"), restored.get("version"))
+            back = _restored(restored, deployed.get(was))
+            back.state = verdicts.get(was, UNTESTED)
         if back is None:
             placements[env].pop(container, None)
         else:
@@ -126,14 +141,15 @@ def replay(entries: list[dict[str, object]]) -> tuple[dict[str, dict[str, Placem
 
 def inventory(workspace: Path) -> Inventory:
     """What each environment holds as the ledger says, each entry with its drift from the folders."""
-    entries, unreadable = Ledger(workspace / "ledger.jsonl").read()
+    ledger = Ledger(workspace / "ledger.jsonl")
+    entries, unreadable = ledger.read()
     placed, _, skipped = replay(entries)
     placements = {}
     for env in ENVIRONMENTS:
         found = _compared(workspace, env, placed.get(env, {}))
         if found:
             placements[env] = found
-    return Inventory(placements, len(unreadable) + skipped)
+    return Inventory(placements, len(unreadable) + skipped, ledger.verify())
 
 
 def history(workspace: Path, env: str, container: str | None = None) -> tuple[list[Move], int]:
@@ -153,18 +169,22 @@ def check_environment(env: str) -> str:
 
 def inventory_lines(inv: Inventory) -> list[str]:
     """The inventory as a table, a line per environment and container, then its drift, one line each."""
+    entries = [(env, c, h) for env, placed in inv.placements.items() for c, h in placed.items()]
     rows = [
-        [env, c, h.version or "?", h.release_key or "-", _when(h.at), h.approved_by or "-", h.run_id or "-"]
-        for env, placed in inv.placements.items()
-        for c, h in placed.items()
+        [env, c, h.version or "?", h.state, h.release_key or "-", _when(h.at), h.approved_by or "-", h.run_id or "-"]
+        for env, c, h in entries
     ]
-    lines = _table(["ENV", "CONTAINER", "VERSION", "RELEASE", "AT (UTC)", "APPROVED BY", "RUN"], rows)
+    lines = _table(["ENV", "CONTAINER", "VERSION", "STATE", "RELEASE", "AT (UTC)", "APPROVED BY", "RUN"], rows)
     if not rows:
         lines = ["Nothing deployed: the ledger records no deploy, and the environments hold no artifact."]
-    drifted = [(env, c, h.drift) for env, placed in inv.placements.items() for c, h in placed.items() if h.drift]
-    lines += [_shown(f"drift: {env} {c}: {what}") for env, c, what in drifted]
-    if rows and not drifted:
+    lines += [_shown(f"drift: {env} {c}: {h.drift}") for env, c, h in entries if h.drift]
+    if rows and not any(h.drift for _, _, h in entries):
         lines.append("No drift: the folders hold what the ledger says.")
+    doubtful = [f"{env} {c} {h.version or '?'} ({h.state})" for env, c, h in entries if h.state != VERIFIED]
+    if doubtful:
+        lines.append(_shown(clip(f"not verified where it runs: {', '.join(doubtful)}", DRIFT_MAX)))
+    if inv.chain.broken_at is not None:
+        lines.append(inv.chain.describe("ledger.jsonl") + ": what it says after that line cannot be trusted")
     return lines + _skipped(inv.skipped)
 
 
@@ -181,18 +201,21 @@ def history_lines(moves: list[Move], env: str, container: str | None, skipped: i
 
 
 def print_inventory(workspace: Path, as_json: bool) -> int:
-    """`run_workflow.py inventory [--json]`: the table, or the JSON (a note of skipped lines goes to stderr)."""
+    """`run_workflow.py inventory [--json]`: the table, or the JSON (a note of skipped lines goes to stderr);
+    exit 1 when something drifted or is not verified."""
     try:
         inv = inventory(workspace)
     except OSError as e:
         raise ValueError(f"cannot read the workspace {workspace}: {e.strerror or e}") from None
     if not as_json:
         print("\n".join(inventory_lines(inv)))
-        return 0
-    print(json.dumps(inv.as_json(), indent=2))
-    for line in _skipped(inv.skipped):
-        print(line, file=sys.stderr)
-    return 0
+    else:
+        print(json.dumps(inv.as_json(), indent=2))
+        broken = [inv.chain.describe("ledger.jsonl")] if inv.chain.broken_at is not None else []
+        for line in [*broken, *_skipped(inv.skipped)]:
+            print(line, file=sys.stderr)
+    # Exit 1, as diff does, when an environment holds something drifted or not verified there.
+    return 0 if inv.trusted() else 1
 
 
 def print_history(workspace: Path, env: str, container: str | None) -> int:
@@ -215,6 +238,8 @@ def _compared(workspace: Path, env: str, placed: dict[str, Placement]) -> dict[s
     for name in _names(folder):
         files.setdefault(name.rpartition("-")[0] or name, []).append(name)
     configs = {n.removesuffix(".json") for n in _names(folder / "config") if n.endswith(".json")}
+    # The worker follows no link: a linked folder is drift for everything in it, whatever it points at.
+    linked = [f"{p.relative_to(workspace)} is a symbolic link" for p in (folder, folder / "config") if p.is_symlink()]
     found: dict[str, Placement] = {}
     for c in sorted(placed.keys() | files.keys() | configs):
         names = files.get(c, [])
@@ -222,12 +247,12 @@ def _compared(workspace: Path, env: str, placed: dict[str, Placement]) -> dict[s
         if h is None:
             version = names[0].rpartition("-")[2] if len(names) == 1 else None
             others = [f"folder holds {', '.join(names)}"] if len(names) > 1 else []
-            what = ["not in the ledger", *others, *([] if names else ["only a config file"])]
+            what = [*linked, "not in the ledger", *others, *([] if names else ["only a config file"])]
             found[clip(c, TEXT_MAX)] = Placement(_text(version) or None, drift=_drift(what))
             continue
         want = f"{c}-{h.version}"
         others = [n for n in names if n != want]
-        what: list[str] = []
+        what: list[str] = list(linked)
         if want not in names:
             what.append(
                 f"folder holds {', '.join(others)}, not {want}" if others else f"{want} is missing from the folder"
@@ -242,6 +267,8 @@ def _compared(workspace: Path, env: str, placed: dict[str, Placement]) -> dict[s
 
 
 def _artifact_drift(path: Path, built: Path) -> list[str]:
+    if path.is_symlink():
+        return [f"{path.name} is a symbolic link"]
     if not built.is_file():
         return [f"the artifactory has no {path.name} to compare it with"]
     try:
@@ -252,6 +279,8 @@ def _artifact_drift(path: Path, built: Path) -> list[str]:
 
 
 def _config_drift(path: Path, expected: dict[str, object], h: Placement) -> list[str]:
+    if path.is_symlink():
+        return ["the config file is a symbolic link"]
     try:
         data = path.read_bytes()
         body = json.loads(data)
@@ -278,6 +307,17 @@ def _restored(restored: dict[str, object], deployed: Placement | None) -> Placem
     back.config_written = deployed.config_written if deployed is not None else True
     back.config_sha256 = _text(restored.get("config_sha256")) or (deployed.config_sha256 if deployed else None)
     return back
+
+
+def _verdicts(entries: list[dict[str, object]]) -> dict[tuple[object, ...], str]:
+    """(env, container, run, version) -> what the last applied test line of that deploy there said."""
+    verdicts: dict[tuple[object, ...], str] = {}
+    for e in entries:
+        if e.get("step") == "test" and is_claim(e):
+            key = (e.get("env"), e.get("container"), e.get("run_id"), e.get("version"))
+            # A line without a verdict (written by hand, or before gates) proves nothing either way.
+            verdicts[key] = {True: VERIFIED, False: FAILED}.get(e.get("passed"), UNTESTED)  # type: ignore[arg-type]
+    return verdicts
 
 
 def _gated(entry: dict[str, object]) -> bool:
@@ -307,6 +347,9 @@ def _drift(what: list[str]) -> str | None:
 
 def _what(m: Move) -> str:
     run = f"{m.release_key or '?'} (run {m.run_id or '?'})"
+    if not m.rollback and m.release_key == RollbackTarget(env=m.env, container=m.container).release_key():
+        # rollback-env: a release of its own that puts an earlier version back; its approval is who asked.
+        return f"rolled back to {m.version} (rollback-env) by {run}" + (f", asked by {m.by}" if m.by else "")
     if not m.rollback:
         return f"promoted by {run}" + (f", approved by {m.by}" if m.by else "")
     back = f"to {m.restored.version}" if m.restored else "(nothing before)"

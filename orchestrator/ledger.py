@@ -1,6 +1,7 @@
 """The ledger: ledger.jsonl, one JSON line per execution of a step, the evidence of what ran and what it changed.
 
-Plain Python, no temporalio. Appends are ordered by a file lock across the workers that share the workspace.
+Plain Python, no temporalio. Appends are ordered by a file lock across the workers that share the workspace; each
+line links to the one before it (orchestrator/ledger_chain.py), so an edit by hand shows.
 """
 
 from __future__ import annotations
@@ -12,8 +13,13 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from orchestrator.ledger_format import claimed_in, identity_of, parse_lines, proof_of, read_bytes
+from orchestrator.errors import LedgerBroken
+from orchestrator.ledger_chain import LINK, SEAL, Chain, last_line, link_for, split_lines
+from orchestrator.ledger_format import Proof, claimed_in, identity_of, now_iso, parse_lines, proof_of, read_bytes
 from orchestrator.ledger_index import ClaimIndex
+
+# How to accept a break in the chain, as refusals say it.
+SEAL_HINT = "run_workflow.py ledger seal --by NAME --reason TEXT"
 
 
 class Ledger:
@@ -56,23 +62,57 @@ class Ledger:
             self._append(fd, {**entry, "applied": applied})
             return applied
 
-    def verified(self, container: str, version: str, place: str) -> bool:
-        """Whether the ledger records container at version built (place "artifactory"), or whether its latest
-        tests in place passed: a later failure there takes back an earlier pass, whichever run it was.
+    def verified(self, container: str, version: str, place: str) -> Proof:
+        """What the ledger proves of container at version in place: built (place "artifactory"), or its latest
+        tests there passed (a later failure takes back an earlier pass, whichever run it was), and the digest
+        of those bytes. LedgerBroken while the chain is broken: then nothing is proven.
 
         O(1) through the index, like record_unless_claimed.
         """
         if not self.path.exists():
-            return False  # nothing was ever recorded, and a question creates no ledger
+            return Proof(False, None)  # nothing was ever recorded, and a question creates no ledger
         proof = (container, version, place)
         with self._locked() as fd, self._indexed(fd, build=True) as index:
             found = index.verified(proof) if index is not None else None
+            chain = index.chain if index is not None else self._chain(fd)
+            if chain.broken_at is not None:
+                raise LedgerBroken(f"{chain.describe(self.path.name)}; promotions wait for {SEAL_HINT}")
             if found is None:
-                found = False
+                found = Proof(False, None)
                 for e in self._read(fd)[0]:
                     if (p := proof_of(e)) is not None and p[0] == proof:
                         found = p[1]
             return found
+
+    def chain(self) -> Chain:
+        """The hash chain's state: intact, or where it first breaks (O(1) through the index)."""
+        if not self.path.exists():
+            return Chain()
+        with self._locked() as fd, self._indexed(fd, build=True) as index:
+            return index.chain if index is not None else self._chain(fd)
+
+    def verify(self) -> Chain:
+        """The chain as the whole ledger says, read from line 1 (what `ledger verify` prints); the index is not used."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return Chain()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            return self._chain(fd)
+        finally:
+            os.close(fd)
+
+    def seal(self, by: str, reason: str) -> Chain:
+        """Accept the chain's break: a seal line, linked to the line before it, names who and why; the chain
+        goes on from it. ValueError if nothing is broken."""
+        with self._locked() as fd, self._indexed(fd, build=True):
+            chain = self._chain(fd)
+            if chain.broken_at is None:
+                raise ValueError(f"{chain.describe(self.path.name)}: nothing to seal")
+            entry = {"step": SEAL, "by": by, "reason": reason, "accepts": chain.broken_at, "why": chain.why}
+            self._append(fd, {**entry, "at": now_iso()})
+            return chain
 
     def applied_before(self, identity: tuple[object, ...]) -> bool:
         """Whether a line claims the effect of identity (see identity_of); reads the whole ledger."""
@@ -121,8 +161,8 @@ class Ledger:
 
     @staticmethod
     def _append(fd: int, entry: Mapping[str, object]) -> None:
-        line = (json.dumps(entry, sort_keys=True) + "\n").encode()
         size = os.fstat(fd).st_size
+        line = (json.dumps({**entry, LINK: link_for(_last_line(fd, size))}, sort_keys=True) + "\n").encode()
         # A crash mid-append can leave a torn last line with no newline; glued onto it,
         # this record would be unreadable too, so it starts a line of its own.
         if size and os.pread(fd, 1, size - 1) != b"\n":
@@ -134,3 +174,19 @@ class Ledger:
     @staticmethod
     def _read(fd: int) -> tuple[list[dict[str, object]], list[int]]:
         return parse_lines(read_bytes(fd, 0))
+
+    @staticmethod
+    def _chain(fd: int) -> Chain:
+        return Chain().follow(split_lines(read_bytes(fd, 0)))
+
+
+def _last_line(fd: int, size: int) -> bytes | None:
+    """The ledger's last line that is not blank, read backwards from its end: O(that line)."""
+    end, tail, piece = size, b"", 1024
+    while end > 0:
+        start = max(0, end - piece)
+        tail, end, piece = read_bytes(fd, start, end) + tail, start, piece * 2
+        # Complete once a non-blank line follows a newline in tail (the first piece may be a line's end).
+        if any(line.strip() for line in tail.split(b"\n")[1:]):
+            break
+    return last_line(tail)

@@ -9,6 +9,7 @@ import json
 import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from shared import ARTIFACTORY, StepInput
 
@@ -19,6 +20,8 @@ def identity_of(entry: Mapping[str, object]) -> tuple[object, ...]:
     A try a person asked for (retry, see StepInput) is a step of its own; lines without one keep their identity.
     """
     identity = tuple(entry.get(k) for k in ("run_id", "deploy_key", "step", "env"))
+    if entry.get("step") == "approve" and entry.get("env"):
+        identity = (*identity, entry.get("approver"))  # an environment's entry needs approvals of several people
     return (*identity, entry["retry"]) if entry.get("retry") else identity
 
 
@@ -62,17 +65,30 @@ def claimed_in(entries: list[dict[str, object]], identity: tuple[object, ...]) -
     return any(is_claim(e) and identity_of(e) == identity for e in entries)
 
 
-def proof_of(entry: Mapping[str, object]) -> tuple[tuple[object, object, object], bool] | None:
-    """What a ledger line says for promotions: ((container, version, "artifactory"), True) for a build,
-    ((container, version, env), passed) for tests in env; None for anything else.
+class Proof(NamedTuple):
+    """What the ledger says of a version in a place: passed (built, for the artifactory), and the SHA-256 of the
+    bytes that did (None on lines written before 1.1, which recorded no digest)."""
 
-    Test lines written before quality gates have no "passed": those tests could only pass.
+    passed: bool
+    digest: str | None
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+
+def proof_of(entry: Mapping[str, object]) -> tuple[tuple[object, object, object], Proof] | None:
+    """What a ledger line says for promotions: ((container, version, "artifactory"), a pass) for a build,
+    ((container, version, env), its verdict) for tests in env; None for anything else.
+
+    A test passed only if its line says so ("passed": true): a line without it proves nothing.
     """
-    step = entry.get("step")
+    step, digest = entry.get("step"), entry.get("sha256")
+    digest = digest if isinstance(digest, str) else None
     if step == "build":
-        return (entry.get("container"), entry.get("version"), ARTIFACTORY), True
+        return (entry.get("container"), entry.get("version"), ARTIFACTORY), Proof(True, digest)
     if step == "test":
-        return (entry.get("container"), entry.get("version"), entry.get("env")), entry.get("passed", True) is True
+        passed = entry.get("passed") is True
+        return (entry.get("container"), entry.get("version"), entry.get("env")), Proof(passed, digest)
     return None
 
 

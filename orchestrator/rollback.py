@@ -11,10 +11,11 @@ import os
 import secrets
 from collections.abc import Callable
 
-from orchestrator.errors import NotVerified
+from orchestrator.errors import RollbackRefused
 from orchestrator.ledger_format import is_claim
+from orchestrator.names import clip
 from orchestrator.workspace import KEPT_CONFIG, Workspace, atomic_write, container_of, write_if_changed
-from shared import StepInput, clip
+from shared import StepInput
 
 # The ledger fields of a deploy that a rollback line's "restored" repeats.
 RESTORED_FIELDS = ("version", "release_key", "run_id", "at", "config_sha256")
@@ -49,11 +50,11 @@ def restore(ws: Workspace, step: StepInput, midway: Callable[[], None]) -> tuple
     old = sorted(p.name for p in kept.iterdir() if p.name != KEPT_CONFIG and container_of(p.name) == d.container_id)
     applied = False
     for name in old:
-        applied = write_if_changed(ws.env_dir(env) / name, (kept / name).read_bytes()) or applied
+        applied = write_if_changed(ws.env_dir(env) / name, ws.inside(kept / name).read_bytes()) or applied
     midway()
     config = ws.config_path(env, d.container_id)
     if (kept / KEPT_CONFIG).is_file():
-        applied = write_if_changed(config, (kept / KEPT_CONFIG).read_bytes()) or applied
+        applied = write_if_changed(config, ws.inside(kept / KEPT_CONFIG).read_bytes()) or applied
     elif config.exists():
         config.unlink()
         applied = True
@@ -80,7 +81,7 @@ def holder_before(entries: list[dict[str, object]], env: str, container: str, ru
 
 def rollback_version(entries: list[dict[str, object]], env: str, container: str, to: str | None) -> str:
     """The version of container a rollback-env puts back into env: the one that passed its tests there before the
-    one it holds, or `to`, which must have passed there. NotVerified says why there is none, in one line."""
+    one it holds, or `to`, which must have passed there. RollbackRefused says why there is none, in one line."""
     held: str | None = None
     verdicts: dict[str, bool] = {}
     for e in entries:
@@ -94,13 +95,15 @@ def rollback_version(entries: list[dict[str, object]], env: str, container: str,
         elif e.get("step") == "test":
             version = str(e.get("version"))
             verdicts.pop(version, None)  # keeps them in the order of their latest verdict
-            verdicts[version] = e.get("passed", True) is True
+            verdicts[version] = e.get("passed") is True
     if to is not None:
         if not verdicts.get(to):
-            raise NotVerified(f"cannot roll back {env} {container} to {clip(to)}: it never passed its tests in {env}")
+            raise RollbackRefused(
+                f"cannot roll back {env} {container} to {clip(to)}: it never passed its tests in {env}"
+            )
         return to
     passed = [v for v, ok in verdicts.items() if ok and v != held]
     if not passed:
         now = f"it holds {container}-{held}" if held else f"it holds no {container}"
-        raise NotVerified(f"cannot roll back {env} {container}: no other version passed its tests there ({now})")
+        raise RollbackRefused(f"cannot roll back {env} {container}: no other version passed its tests there ({now})")
     return passed[-1]

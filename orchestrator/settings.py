@@ -12,17 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared import (
-    CONTAINER_ID,
-    ENVIRONMENTS,
-    FAILING_CHECKS_MAX,
-    REPO_ROOT,
-    TASK_QUEUE,
-    VERSION,
-    check_check_name,
-    check_name,
-    clip,
-)
+from orchestrator.names import check_check_name, check_container_id, check_version, clip
+from shared import ENVIRONMENTS, FAILING_CHECKS_MAX, REPO_ROOT, TASK_QUEUE
 
 FAILURE_RATES: dict[str, float] = {"never": 0.0, "rarely": 0.1, "sometimes": 0.3, "alot": 0.6}
 # Where in a step FAILURE_RATE strikes: before its work (start), once its effect is in place but
@@ -60,6 +51,8 @@ class Settings:
     versioning: str = "auto"
     deployment: str = DEFAULT_DEPLOYMENT
     build_id: str | None = None
+    # The largest catalog a gather reads (RELEASE_CATALOG_MAX_BYTES).
+    catalog_max_bytes: int = 1_000_000
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -86,6 +79,7 @@ class Settings:
             deployment=_named("WORKER_DEPLOYMENT", env.get("WORKER_DEPLOYMENT", ""), DEPLOYMENT_NAME)
             or default_deployment(env.get("RELEASE_TASK_QUEUE") or TASK_QUEUE),
             build_id=_named("WORKER_BUILD_ID", env.get("WORKER_BUILD_ID", ""), BUILD_ID) or None,
+            catalog_max_bytes=_bytes("RELEASE_CATALOG_MAX_BYTES", env.get("RELEASE_CATALOG_MAX_BYTES", "1000000")),
         )
 
 
@@ -116,6 +110,13 @@ def _named(name: str, value: str, pattern: re.Pattern[str]) -> str:
     return value
 
 
+def _bytes(name: str, value: str) -> int:
+    value = value.strip().replace("_", "")
+    if not (value.isascii() and value.isdigit() and 1 <= int(value) <= 100_000_000):
+        raise ValueError(f"{name}={clip(value)!r} is not a number of bytes from 1 to 100000000")
+    return int(value)
+
+
 def _step_seconds(step: str) -> float:
     try:
         step_seconds = float(step)
@@ -142,8 +143,8 @@ def parse_failing_checks(value: str) -> frozenset[tuple[str, str, str]]:
         artifact, env, check = parts[0], parts[1].upper(), parts[2]
         container, _, version = artifact.rpartition("-")
         try:
-            check_name(container, CONTAINER_ID, "container id", "use lowercase letters, digits, '.', '_' and '-'")
-            check_name(version, VERSION, "version", "start with a digit; letters, digits, '.', '_', '+'")
+            check_container_id(container)
+            check_version(version)
             check_check_name(check)
         except ValueError as e:
             raise ValueError(f"FAILING_CHECKS: {clip(item)!r}: {e}") from None

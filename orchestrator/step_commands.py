@@ -12,7 +12,8 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, field_validator
 
-from shared import HEALTH, DeployInfo, check_check_name, clip
+from orchestrator.names import check_check_name, clip
+from shared import HEALTH, DeployInfo
 
 MAX_ARGS = 50
 MAX_ARG_CHARS = 1000

@@ -36,6 +36,7 @@ WORKFLOW_CODE = (
     "orchestrator/render.py",
     "orchestrator/freeze.py",
     "orchestrator/errors.py",
+    "orchestrator/names.py",
 )
 # Answers that say the server has no Worker Versioning for this namespace.
 UNSUPPORTED = (RPCStatusCode.PERMISSION_DENIED, RPCStatusCode.UNIMPLEMENTED)

@@ -6,11 +6,13 @@ environment's folder; an environment's config/ folder holds one configuration fi
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 from contextlib import suppress
 from pathlib import Path
 
+from orchestrator.errors import OutsideWorkspace
 from shared import DeployInfo, StepInput
 
 # The config file as a rollback keeps it: not an artifact's name, which has a version after its last "-".
@@ -52,6 +54,12 @@ def bytes_of(path: Path) -> bytes | None:
         return None
 
 
+def sha256_of(path: Path) -> str:
+    """The hex SHA-256 of a file's bytes, read in pieces."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def artifact_name(d: DeployInfo) -> str:
     return f"{d.container_id}-{d.version}"
 
@@ -67,18 +75,42 @@ class Workspace:
         self.workspace = workspace
         self.artifactory = workspace / "artifactory"
 
-    def env_dir(self, env: str) -> Path:
-        return self.workspace / "environments" / env
+    def inside(self, path: Path) -> Path:
+        """path, if no folder or file on its way from the workspace is a symbolic link: a link could lead outside
+        the workspace (or into another environment), and the worker reads and writes only inside it.
+        OutsideWorkspace, in one line, otherwise."""
+        try:
+            parts = path.relative_to(self.workspace).parts
+        except ValueError:
+            raise OutsideWorkspace(f"refused: {path} is outside the workspace {self.workspace}") from None
+        here = self.workspace
+        for part in parts:
+            here = here / part
+            if here.is_symlink():
+                where = here.relative_to(self.workspace)
+                raise OutsideWorkspace(
+                    f"refused: {where} in the workspace is a symbolic link (to {os.readlink(here)}): "
+                    "the worker follows no links"
+                )
+        return path
 
-    def report_path(self, d: DeployInfo, env: str, check: str) -> Path:
-        return self.artifactory / "reports" / artifact_name(d) / f"{env}-{check}.json"
+    def env_dir(self, env: str) -> Path:
+        return self.inside(self.workspace / "environments" / env)
+
+    def artifact_path(self, d: DeployInfo) -> Path:
+        return self.inside(self.artifactory / artifact_name(d))
+
+    def report_path(self, d: DeployInfo, env: str, check: str, retry: int = 0) -> Path:
+        """A check's report; a try a person asked for (retry) writes its own, beside the failed try's."""
+        suffix = f".retry{retry}" if retry else ""
+        return self.inside(self.artifactory / "reports" / artifact_name(d) / f"{env}-{check}{suffix}.json")
 
     def config_path(self, env: str, container: str) -> Path:
-        return self.env_dir(env) / "config" / f"{container}.json"
+        return self.inside(self.env_dir(env) / "config" / f"{container}.json")
 
     def kept_path(self, step: StepInput) -> Path:
         """Where a deploy keeps what step.env held of its container before the run changed it."""
-        return self.env_dir(step.env) / ".rollback" / step.run_id / step.deploy.container_id
+        return self.inside(self.env_dir(step.env) / ".rollback" / step.run_id / step.deploy.container_id)
 
     def contents(self, env: str) -> list[str]:
         """Artifacts deployed to env (hidden temporary files excluded)."""
@@ -93,7 +125,7 @@ class Workspace:
         if not folder.is_dir():
             return []
         return [
-            p
+            self.inside(p)
             for p in folder.iterdir()
-            if p.is_file() and not p.name.startswith(".") and container_of(p.name) == container
+            if (p.is_file() or p.is_symlink()) and not p.name.startswith(".") and container_of(p.name) == container
         ]

@@ -208,7 +208,7 @@ FAULTS = [
     _fault(
         "the worker ignores FAILING_CHECKS",
         "serve",
-        ", failing_checks=settings.failing_checks",
+        "        failing_checks=settings.failing_checks,\n",
         "",
         "test_gates.py",
     ),

@@ -20,7 +20,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from release_management import ReleaseManagement
-from shared import AWAITING_APPROVAL, FROZEN, HELD, Approval, Decision, ReleaseInfo, Unfreeze
+from shared import AWAITING_APPROVAL, FROZEN, HELD, Approval, Decision, ReleaseRequest, RollbackTarget, Unfreeze
 from tests.conftest import CATALOG, installed_binary
 from tests.support import in_process_worker, run_release_steps
 from utils import FailureInjector, exit_now
@@ -108,19 +108,21 @@ async def record(env: WorkflowEnvironment, scenario: str) -> list[Path]:
         rm = ReleaseManagement(Path(workspace), CATALOGS.get(scenario, CATALOG))
         run_release_steps(rm, *BEFORE.get(scenario, ()), prefix="before")
         rm.failing_checks = frozenset({FAILING[scenario]}) if scenario in FAILING else frozenset()
-        info = rm.rollback_env("QC", "frontend", "recorder") if scenario == "rollback-env" else None
+        target = RollbackTarget(env="QC", container="frontend")
+        rollback = ReleaseRequest(release_key=target.release_key(), now=True, by="recorder", rollback=target)
+        info = rollback if scenario == "rollback-env" else None
         async with in_process_worker(env, rm, failures) as task_queue:
             other = None
             if scenario == "race":
                 other = await env.client.start_workflow(
                     ReleaseWorkflow.run,
-                    ReleaseInfo(release_key="RELEASE-NOV-23-INITIAL", now=True),
+                    ReleaseRequest(release_key="RELEASE-NOV-23-INITIAL", now=True),
                     id="release-RELEASE-NOV-23-INITIAL-race",
                     task_queue=task_queue,
                 )
             handle = await env.client.start_workflow(
                 ReleaseWorkflow.run,
-                info or ReleaseInfo(release_key=key, now=True),
+                info or ReleaseRequest(release_key=key, now=True, by="recorder"),
                 id=f"release-{key}-{scenario}",
                 task_queue=task_queue,
             )

@@ -50,7 +50,7 @@ def catalog_file(tmp_path: Path, environments: dict[str, Any]) -> Path:
 
 
 def lines_of(rm: ReleaseManagement, step: str, env: str, container: str) -> list[dict[str, object]]:
-    return [e for e in rm.ledger.entries() if (e["step"], e["env"], e["container"]) == (step, env, container)]
+    return [e for e in rm.ledger.entries() if (e["step"], e["env"], e.get("container")) == (step, env, container)]
 
 
 def config_of(workspace: Path, env: str, container: str) -> dict[str, Any]:

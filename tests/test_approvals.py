@@ -28,6 +28,7 @@ from shared import (
     Approval,
     ApprovalReport,
     ReleaseInfo,
+    ReleaseRequest,
     ReleaseState,
     StepInput,
     StepResult,
@@ -54,7 +55,7 @@ def unapproved_sbstore(tmp_path: Path, policy: str, **policy_fields: Any) -> Rel
 
 async def start(env: WorkflowEnvironment, tq: str, key: str = KEY, now: bool = False) -> WorkflowHandle:
     return await env.client.start_workflow(
-        ReleaseWorkflow.run, ReleaseInfo(release_key=key, now=now), id=f"release-{key}-{uuid.uuid4()}", task_queue=tq
+        ReleaseWorkflow.run, ReleaseRequest(release_key=key, now=now), id=f"release-{key}-{uuid.uuid4()}", task_queue=tq
     )
 
 

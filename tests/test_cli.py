@@ -168,7 +168,7 @@ async def test_no_worker_exits_3_and_says_so_then_a_cancel_ends_the_release(
         code, out = await run_script(["cancel", HOLD], env)
         assert (code, out.strip()) == (
             2,
-            f"error: release {HOLD} is not running (its latest run is CANCELED): nothing to cancel",
+            f"error: release {HOLD} is not running (its latest run is CANCELLED): nothing to cancel",
         )
     finally:
         starter.kill()

@@ -8,8 +8,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from temporalio.client import Client
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
 from orchestrator.ledger import Ledger
@@ -139,35 +138,41 @@ def snapshot(root: Path) -> dict[str, tuple[int, int, bytes]]:
     }
 
 
-async def test_unknown_key_fails_in_seconds_and_changes_nothing(
+async def test_unknown_key_is_refused_by_the_worker_in_seconds_and_changes_nothing(
     server: str, dev_server: WorkflowEnvironment, tmp_path: Path
 ) -> None:
-    # A workspace with history: environments, an artifact, a ledger.
-    (tmp_path / "environments" / "DEV").mkdir(parents=True)
-    (tmp_path / "environments" / "DEV" / "frontend-1.0").write_text("frontend-1.0")
-    (tmp_path / "artifactory").mkdir()
-    (tmp_path / "artifactory" / "frontend-1.0").write_text("frontend-1.0")
-    (tmp_path / "ledger.jsonl").write_text('{"step": "build"}\n')
-    before = snapshot(tmp_path)
-    expected = [
+    # A workspace with history: environments, an artifact, a ledger. The starter has no catalog: the worker's decides.
+    workspace = tmp_path / "workspace"
+    (workspace / "environments" / "DEV").mkdir(parents=True)
+    (workspace / "environments" / "DEV" / "frontend-1.0").write_text("frontend-1.0")
+    (workspace / "artifactory").mkdir()
+    (workspace / "artifactory" / "frontend-1.0").write_text("frontend-1.0")
+    (workspace / "ledger.jsonl").write_text('{"step": "build"}\n')
+    env = script_env(server, workspace, task_queue())
+    worker = WorkerProcess(env, tmp_path / "worker.log").start()
+    try:
+        before = snapshot(workspace)
+        starter = {k: v for k, v in env.items() if k != "RELEASE_CATALOG"}
+        code, out = await asyncio.wait_for(run_script(["--release-key", "RELEASE-NOPE"], starter), 10)
+        after = snapshot(workspace)
+    finally:
+        stopped = worker.stop_quietly()
+    assert stopped == 0, (tmp_path / "worker.log").read_text()
+    assert code == 2, out
+    assert out.strip().splitlines()[-1] == (
         "error: unknown release key 'RELEASE-NOPE'; known keys: RELEASE-NOV-23-INITIAL, "
         "RELEASE-NOV-23-HOTFIX-STAGE, RELEASE-DEC-2023-BUGFIXES-PROD, RELEASE-JAN-24-ALPHA-DEV, "
         "RELEASE-JAN-24-ALPHA-QC, RELEASE-JAN-24-ALPHA-PROD, RELEASE-FEB-24-BETA-HOLD"
+    ), out
+    assert "Traceback" not in out and "Result:" not in out, out
+    assert after == before
+    # The refusal is final: one failed run, its gather tried once.
+    handle = dev_server.client.get_workflow_handle("release-RELEASE-NOPE")
+    assert (await handle.describe()).status == WorkflowExecutionStatus.FAILED
+    attempts = [
+        e for e in (await handle.fetch_history()).events if e.HasField("activity_task_started_event_attributes")
     ]
-    env = script_env(server, tmp_path, task_queue())
-    code, out = await asyncio.wait_for(run_script(["--release-key", "RELEASE-NOPE"], env), 10)
-    assert (code, out.strip().splitlines()) == (2, expected), out
-    # Refused before anything is asked of the server: the same answer with no server at all.
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # nothing listens here
-    code, out = await run_script(["--release-key", "RELEASE-NOPE"], script_env(f"127.0.0.1:{port}", tmp_path, "q"))
-    assert (code, out.strip().splitlines()) == (2, expected), out
-    assert snapshot(tmp_path) == before
-    with pytest.raises(RPCError) as err:
-        await dev_server.client.get_workflow_handle("release-RELEASE-NOPE").describe()
-    assert err.value.status == RPCStatusCode.NOT_FOUND
-    assert [w.id async for w in dev_server.client.list_workflows()] == []
+    assert [e.activity_task_started_event_attributes.attempt for e in attempts] == [1]
 
 
 async def test_no_server_says_how_to_start_one(tmp_path: Path) -> None:

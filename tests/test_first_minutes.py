@@ -8,10 +8,12 @@ while gathering, output piped into `head`, `make worker` asked for other setting
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 import os
 import re
 import shlex
+import socket
 import subprocess
 import sys
 import time
@@ -174,10 +176,12 @@ async def test_without_a_worker_the_starter_says_so_and_the_printed_command_star
     assert code == 0 and f"Result: Release {ALPHA_DEV}: SUCCESS" in text, text
     assert text.count("no worker polls task queue") == 1, text
     assert "Traceback" not in text
-    # The Web UI's Input: only what the starter decided, no defaults the catalog overrides.
+    # The Web UI's Input: only what a person decides (which release, now or not, who), nothing the catalog says.
     history = await dev_server.client.get_workflow_handle(f"release-{ALPHA_DEV}").fetch_history()
     started = history.events[0].workflow_execution_started_event_attributes
-    assert [json.loads(p.data) for p in started.input.payloads] == [{"release_key": ALPHA_DEV, "now": False}]
+    [request] = [json.loads(p.data) for p in started.input.payloads]
+    assert request.pop("identity").endswith(f"@{socket.gethostname()}"), request
+    assert request == {"release_key": ALPHA_DEV, "now": False, "by": getpass.getuser(), "rollback": None}
 
 
 async def test_the_approve_hint_works_as_printed(server: str, tmp_path: Path) -> None:

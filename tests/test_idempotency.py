@@ -27,7 +27,7 @@ from activities import ReleaseActivities
 from orchestrator import worker_settings
 from orchestrator.settings import Settings
 from release_management import ReleaseManagement
-from shared import ENVIRONMENTS, HEALTH, ReleaseInfo, StepInput
+from shared import ENVIRONMENTS, HEALTH, ReleaseRequest, StepInput
 from tests.conftest import CATALOG, REPO
 from tests.observer import LandingObserver
 from tests.support import in_process_worker
@@ -307,7 +307,10 @@ class AfterEveryEffect(FailureInjector):
 async def run_release(env: WorkflowEnvironment, rm: ReleaseManagement, failures: FailureInjector | None) -> str:
     async with in_process_worker(env, rm, failures) as task_queue:
         result = await env.client.execute_workflow(
-            ReleaseWorkflow.run, ReleaseInfo(release_key=KEY), id=f"release-{KEY}-{uuid.uuid4()}", task_queue=task_queue
+            ReleaseWorkflow.run,
+            ReleaseRequest(release_key=KEY),
+            id=f"release-{KEY}-{uuid.uuid4()}",
+            task_queue=task_queue,
         )
     return result.status
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from orchestrator.inventory import Placement, history, inventory, replay
 from release_management import ReleaseManagement
-from shared import ApprovalRecord, StepInput
+from shared import DecisionRecord, StepInput
 from tests.conftest import CATALOG, REPO
 from tests.steps import promote
 from tests.support import run_python, script_env
@@ -66,7 +66,13 @@ async def test_inventory_json_after_the_six_demo_releases_is_the_readmes_table(
     holder = {"DEV": ALPHA_DEV, "TEST": ALPHA_QC, "QC": ALPHA_QC, "PROD": ALPHA_PROD}
     expected = {
         env: {
-            c: {"version": v, "release_key": holder[env], "run_id": run_of(holder[env]), "approved_by": None}
+            c: {
+                "version": v,
+                "release_key": holder[env],
+                "run_id": run_of(holder[env]),
+                "approved_by": None,
+                "state": "verified",
+            }
             for c, v in sorted(held.items())
         }
         for env, held in readme_placements(ALPHA_PROD).items()
@@ -84,10 +90,11 @@ async def test_inventory_json_after_the_six_demo_releases_is_the_readmes_table(
     code, out, err = await cli(tmp_path, "inventory")
     assert (code, err) == (0, "")
     lines = out.splitlines()
-    assert lines[0].split() == ["ENV", "CONTAINER", "VERSION", "RELEASE", "AT", "(UTC)", "APPROVED", "BY", "RUN"]
-    assert lines[1].split()[:4] == ["DEV", "backendforfrontend", "1.8", ALPHA_DEV]
+    header = ["ENV", "CONTAINER", "VERSION", "STATE", "RELEASE", "AT", "(UTC)", "APPROVED", "BY", "RUN"]
+    assert lines[0].split() == header
+    assert lines[1].split()[:5] == ["DEV", "backendforfrontend", "1.8", "verified", ALPHA_DEV]
     assert lines[1].split()[-2:] == ["-", run_of(ALPHA_DEV)]
-    assert lines[12].split()[:4] == ["PROD", "sbstore", "1.8", ALPHA_PROD]
+    assert lines[12].split()[:5] == ["PROD", "sbstore", "1.8", "verified", ALPHA_PROD]
     assert lines[13:] == ["No drift: the folders hold what the ledger says."]
 
 
@@ -123,7 +130,7 @@ async def test_drift_shows_every_file_changed_by_hand(rm: ReleaseManagement, tmp
     }
 
     code, out, err = await cli(tmp_path, "inventory", "--json")
-    assert (code, err) == (0, "")
+    assert (code, err) == (1, "")
     found = json.loads(out)
     assert found["DEV"]["newthing"] == {
         "version": "2.0",
@@ -131,19 +138,20 @@ async def test_drift_shows_every_file_changed_by_hand(rm: ReleaseManagement, tmp
         "run_id": None,
         "at": None,
         "approved_by": None,
+        "state": "untested",
         "drift": "not in the ledger",
     }
     assert found["QC"]["frontend"]["drift"] == "frontend-1.0 differs from the artifactory's"
     assert "drift" not in found["QC"]["backendforfrontend"]
 
     code, out, err = await cli(tmp_path, "inventory")
-    assert (code, err) == (0, "")
+    assert (code, err) == (1, "")
     assert "drift: QC frontend: frontend-1.0 differs from the artifactory's" in out.splitlines()
     assert "drift: PROD backendforfrontend: backendforfrontend-1.0 is missing from the folder" in out.splitlines()
     assert len([line for line in out.splitlines() if line.startswith("drift: ")]) == 8
     assert "No drift" not in out
     newthing = next(line for line in out.splitlines() if line.startswith("DEV ") and " newthing " in line)
-    assert newthing.split() == ["DEV", "newthing", "2.0", "-", "?", "-", "-"]
+    assert newthing.split() == ["DEV", "newthing", "2.0", "untested", "-", "?", "-", "-"]
 
 
 def test_two_versions_and_a_stray_config_are_drift_too(rm: ReleaseManagement, tmp_path: Path) -> None:
@@ -235,16 +243,20 @@ async def test_an_empty_workspace_and_unreadable_ledger_lines_are_said_so(tmp_pa
     ledger = tmp_path / "ledger.jsonl"
     torn = b'{"step": "deploy", "env": "QC", "container": "frontend", "ver\n'
     outside = b'{"step": "deploy", "env": "QC", "container": "../../etc", "version": "1.0"}\n'
+    lines = len(ledger.read_bytes().splitlines())
     ledger.write_bytes(ledger.read_bytes() + torn + outside)
+    # Lines written by hand carry no link: the chain breaks there, and the inventory exits 1 saying so.
+    broken = f"ledger.jsonl is broken at line {lines + 1}: it carries no link to the line before it"
     code, out, err = await cli(tmp_path, "inventory")
-    assert (code, err) == (0, "")
-    assert out.splitlines()[-2:] == [
+    assert (code, err) == (1, "")
+    assert out.splitlines()[-3:] == [
         "No drift: the folders hold what the ledger says.",
+        f"{broken}: what it says after that line cannot be trusted",
         "note: 2 ledger lines could not be read and were skipped",
     ]
     code, out, err = await cli(tmp_path, "inventory", "--json")
     assert json.loads(out)["QC"]["frontend"]["release_key"] == INITIAL
-    assert err == "note: 2 ledger lines could not be read and were skipped\n"
+    assert (code, err) == (1, f"{broken}\nnote: 2 ledger lines could not be read and were skipped\n")
     code, out, err = await cli(tmp_path, "history", "QC", "frontend")
     assert out.splitlines()[1:] == ["note: 2 ledger lines could not be read and were skipped"]
 
@@ -254,12 +266,10 @@ async def test_approvals_show_who_approved_the_deploy_or_else_the_release(
 ) -> None:
     run = run_of(HOLD)
     at = datetime.now(UTC)
-    rm.record_approval(ApprovalRecord(release_key=HOLD, run_id=run, approver="bob", approved_at=at, deploy_keys=[HOLD]))
-    rm.record_approval(
-        ApprovalRecord(release_key=HOLD, run_id=run, approver="alice", approved_at=at, deploy_keys=[f"{HOLD}:sbstore"])
-    )
+    rm.record_approval(DecisionRecord(release_key=HOLD, run_id=run, by="bob", at=at, deploy_keys=[HOLD]))
+    rm.record_approval(DecisionRecord(release_key=HOLD, run_id=run, by="alice", at=at, deploy_keys=[f"{HOLD}:sbstore"]))
     # Another run's approval, and an unfreeze, approve nothing of this run.
-    other = ApprovalRecord(release_key=HOLD, run_id="another", approver="eve", approved_at=at, deploy_keys=[HOLD])
+    other = DecisionRecord(release_key=HOLD, run_id="another", by="eve", at=at, deploy_keys=[HOLD])
     rm.record_approval(other)
     rm.record_approval(other.model_copy(update={"run_id": run, "step": "unfreeze", "environments": ["DEV"]}))
     released(rm, HOLD)
@@ -277,7 +287,7 @@ async def test_approvals_show_who_approved_the_deploy_or_else_the_release(
     code, out, err = await cli(tmp_path, "history", "TEST", "sbstore")
     assert out.split("  ")[-1] == f"promoted by {HOLD} (run {run}), approved by alice\n"
     code, out, err = await cli(tmp_path, "inventory")
-    assert re.search(rf"^TEST +sbstore +1\.9 +{HOLD} +\S+ \S+ +alice +{run}$", out, re.M), out
+    assert re.search(rf"^TEST +sbstore +1\.9 +verified +{HOLD} +\S+ \S+ +alice +{run}$", out, re.M), out
 
 
 async def test_a_rollback_line_gives_back_the_previous_holder_or_nothing(rm: ReleaseManagement, tmp_path: Path) -> None:
@@ -310,7 +320,8 @@ async def test_a_rollback_line_gives_back_the_previous_holder_or_nothing(rm: Rel
 
     code, out, err = await cli(tmp_path, "inventory", "--json")
     assert (code, err) == (0, "")
-    assert json.loads(out)["QC"]["sbstore"] == {**restored, "approved_by": None}  # no drift: the files match
+    # No drift: the files match; and 1.0 passed its tests in QC.
+    assert json.loads(out)["QC"]["sbstore"] == {**restored, "approved_by": None, "state": "verified"}
     code, out, err = await cli(tmp_path, "history", "QC", "sbstore")
     assert [s.split("  ")[-1] for s in out.splitlines()] == [
         f"rolled back to 1.0 by {HOTFIX} (run {run_of(HOTFIX)}), asked by carol",

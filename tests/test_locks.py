@@ -12,7 +12,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from orchestrator.locks import LockActivities, LockAnswer, LockMove, TargetLockWorkflow
 from release_management import ReleaseManagement
-from shared import ReleaseInfo, ReleaseState
+from shared import ReleaseRequest, ReleaseState
 from tests.conftest import CATALOG
 from tests.support import GatedStep, eventually, in_process_worker
 from workflows import ReleaseWorkflow
@@ -22,7 +22,10 @@ INITIAL, HOTFIX = "RELEASE-NOV-23-INITIAL", "RELEASE-NOV-23-HOTFIX-STAGE"
 
 async def start(env: WorkflowEnvironment, tq: str, key: str) -> WorkflowHandle:
     return await env.client.start_workflow(
-        ReleaseWorkflow.run, ReleaseInfo(release_key=key, now=True), id=f"release-{key}-{uuid.uuid4()}", task_queue=tq
+        ReleaseWorkflow.run,
+        ReleaseRequest(release_key=key, now=True),
+        id=f"release-{key}-{uuid.uuid4()}",
+        task_queue=tq,
     )
 
 

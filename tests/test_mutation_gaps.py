@@ -14,9 +14,10 @@ import pytest
 from pydantic import BaseModel, ValidationError, field_validator
 
 from orchestrator.command_runner import Liveness
+from orchestrator.names import clip, describe_validation_error
 from orchestrator.settings import Settings, parse_failure_at
 from release_management import ReleaseManagement
-from shared import REPO_ROOT, TASK_QUEUE, ApprovalRecord, DeployInfo, StepInput, clip, describe_validation_error
+from shared import REPO_ROOT, TASK_QUEUE, DecisionRecord, DeployInfo, StepInput
 
 SETTINGS_VARIABLES = (
     "RELEASE_TASK_QUEUE",
@@ -120,9 +121,9 @@ def test_describe_validation_error_is_one_line_per_problem() -> None:
 
 def test_an_approval_is_one_ledger_line_per_deploy_with_its_first_attempt(rm: ReleaseManagement) -> None:
     at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
-    record = ApprovalRecord(release_key="R-1", run_id="run", approver="ann", approved_at=at, deploy_keys=["d1"])
+    record = DecisionRecord(release_key="R-1", run_id="run", by="ann", at=at, deploy_keys=["d1"])
     rm.record_approval(record)
-    assert rm.ledger.entries() == [
+    assert [{k: v for k, v in e.items() if k != "prev"} for e in rm.ledger.entries()] == [
         {
             "release_key": "R-1",
             "run_id": "run",
@@ -182,7 +183,7 @@ def test_a_ledger_larger_than_one_read_is_read_whole(rm: ReleaseManagement) -> N
     entries = [{"step": "build", "n": n, "pad": "x" * 200} for n in range(500)]  # over 64 KiB
     for entry in entries:
         rm.ledger.record(entry)
-    assert rm.ledger.read() == (entries, [])
+    assert [{k: v for k, v in e.items() if k != "prev"} for e in rm.ledger.entries()] == entries
 
 
 def test_a_simulated_step_takes_its_time_and_reports_liveness(tmp_path: Path) -> None:

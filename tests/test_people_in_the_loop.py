@@ -94,7 +94,7 @@ async def test_a_held_release_finishes_once_approved_from_the_command_line(
             assert code == 2 and out.strip().startswith(f"error: {message}"), out
             assert len(out.strip().splitlines()) == 1, out
         applied = [e for e in Ledger(tmp_path / "ledger.jsonl").entries() if e["applied"]]
-        assert len(applied) == 1 + 3 * 5  # the approval, 3 x (build + 2 x 2)
+        assert len(applied) == 2 + 3 * 5  # who started it, the approval, 3 x (build + 2 x 2)
     finally:
         stopped = worker.stop_quietly()
     assert stopped == 0, (tmp_path / "worker.log").read_text()

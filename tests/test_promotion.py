@@ -14,6 +14,7 @@ import pytest
 from orchestrator import ledger_index
 from orchestrator.errors import NON_RETRYABLE_ERRORS, GateFailed, NotVerified
 from orchestrator.ledger import Ledger
+from orchestrator.ledger_chain import line_hash
 from release_management import ReleaseManagement
 from tests.conftest import CATALOG
 from tests.steps import promote, step_of, through
@@ -135,7 +136,7 @@ def proof_lines() -> list[dict[str, object]]:
         line("build", "DEV"),
         line("test", "DEV", passed=True, checks=["unit"]),
         line("test", "TEST", passed=False, failed_check="integration"),
-        line("test", "QC"),  # written before quality gates: no "passed", a test that passed
+        line("test", "QC"),  # no "passed": proves nothing (before 1.1, a test that passed)
         line("deploy", "PROD"),  # deployed is not tested
         {**line("test", "PROD", passed=True), "version": "1.1"},
         {**line("approve", None), "approver": "alice"},
@@ -154,14 +155,14 @@ def answers(ledger: Ledger) -> dict[tuple[str, str, str], bool]:
         ("sbstore", "1.0", "artifactory"),
         ("sbstore", "1.0", "DEV"),
     ]
-    return {q: ledger.verified(*q) for q in asked}
+    return {q: ledger.verified(*q).passed for q in asked}
 
 
 EXPECTED = {
     ("frontend", "1.0", "artifactory"): True,
     ("frontend", "1.0", "DEV"): True,
     ("frontend", "1.0", "TEST"): False,
-    ("frontend", "1.0", "QC"): True,
+    ("frontend", "1.0", "QC"): False,
     ("frontend", "1.0", "PROD"): False,
     ("frontend", "1.1", "PROD"): True,
     ("frontend", "1.1", "artifactory"): False,
@@ -193,10 +194,10 @@ def test_verified_through_the_index_reads_no_whole_ledger(tmp_path: Path, monkey
         assert answers(Ledger(ledger.path)) == EXPECTED
         # Proofs appended since are indexed as they are appended, or caught up on from the ledger's tail.
         ledger.record({"step": "build", "container": "sbstore", "version": "1.0", "run_id": "r", "env": "DEV"})
-        with open(ledger.path, "ab") as f:  # as an older version of the code would append it
-            f.write(
-                json.dumps({"step": "test", "container": "sbstore", "version": "1.0", "env": "DEV"}).encode() + b"\n"
-            )
+        with open(ledger.path, "ab") as f:  # as a process whose index failed would append it: linked, not indexed
+            last = ledger.path.read_bytes().splitlines()[-1]
+            entry = {"step": "test", "container": "sbstore", "version": "1.0", "env": "DEV", "passed": True}
+            f.write(json.dumps({**entry, "prev": line_hash(last)}).encode() + b"\n")
         after = answers(Ledger(ledger.path))
     assert after == EXPECTED | {("sbstore", "1.0", "artifactory"): True, ("sbstore", "1.0", "DEV"): True}
 
@@ -244,7 +245,9 @@ def test_verified_without_a_usable_index_answers_from_the_whole_ledger(
     if rebuilt:
         with closing(sqlite3.connect(f"file:{ledger.index.path}?mode=ro", uri=True)) as db:
             assert db.execute("PRAGMA user_version").fetchone()[0] == ledger_index.ClaimIndex.VERSION
-            assert db.execute("SELECT count(*) FROM proofs WHERE passed").fetchone()[0] == 4
+            assert (
+                db.execute("SELECT count(*) FROM proofs WHERE passed").fetchone()[0] == 3
+            )  # QC's line without "passed" proves nothing
 
 
 def test_a_deploy_is_refused_or_allowed_alike_with_or_without_the_index(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from datetime import UTC, datetime, timedelta
@@ -25,7 +26,7 @@ from orchestrator.errors import (
     VerificationFailed,
 )
 from release_management import ReleaseManagement
-from shared import ApprovalRecord, DeployInfo, ReleaseInfo, StepInput, StepResult
+from shared import DecisionRecord, DeployInfo, ReleaseRequest, StepInput, StepResult
 from tests.conftest import CATALOG
 from tests.steps import promote
 from utils import FailureInjector, SimulatedFailure
@@ -100,10 +101,16 @@ def test_a_promotion_takes_from_the_environment_just_before_not_from_dev(rm: Rel
     with pytest.raises(MissingArtifact, match=r"^cannot deploy frontend 1.0 to QC: TEST does not hold frontend-1.0$"):
         rm.deploy(s.model_copy(update={"env": "QC"}))
     assert rm.contents("QC") == []
-    # What QC gets is TEST's copy: marked here, so a copy from DEV would show.
-    tested.write_bytes(content + b"as TEST holds it")
+    # TEST's copy, changed after its tests: not the bytes that passed there, though DEV still holds those.
+    tested.write_bytes(content + b"changed in TEST")
+    with pytest.raises(
+        NotVerified, match=r"^cannot deploy frontend 1.0 to QC: the bytes in TEST are not the build that passed there$"
+    ):
+        rm.deploy(s.model_copy(update={"env": "QC"}))
+    assert rm.contents("QC") == []
+    tested.write_bytes(content)
     rm.deploy(s.model_copy(update={"env": "QC"}))
-    assert (tmp_path / "environments" / "QC" / "frontend-1.0").read_bytes() == content + b"as TEST holds it"
+    assert (tmp_path / "environments" / "QC" / "frontend-1.0").read_bytes() == content
 
 
 def test_promotion_without_source_fails_clearly(rm: ReleaseManagement, tmp_path: Path) -> None:
@@ -177,8 +184,12 @@ def test_step_lines_say_when_the_work_began_and_ended(rm: ReleaseManagement) -> 
         "started_at",
         "at",
         "applied",
+        "sha256",
+        "prev",
     }
     assert (line["container"], line["version"], line["attempt"]) == ("frontend", "1.0", 3)
+    assert line["sha256"] == hashlib.sha256((rm.artifactory / "frontend-1.0").read_bytes()).hexdigest()
+    assert line["prev"] == ""  # the ledger's first line
     started, ended = (datetime.fromisoformat(str(line[k])) for k in ("started_at", "at"))
     assert started.utcoffset() == timedelta(0) and started <= ended
 
@@ -353,7 +364,7 @@ def test_bad_deploys_are_rejected(field: str, value: object, message: str) -> No
 def test_bad_release_keys_are_rejected() -> None:
     for key in ("", "../x", "a b", "x/y", "R..1"):
         with pytest.raises(ValidationError, match="release key"):
-            ReleaseInfo(release_key=key)
+            ReleaseRequest(release_key=key)
 
 
 def test_a_bad_container_id_in_the_catalog_is_a_catalog_error(tmp_path: Path) -> None:
@@ -473,9 +484,7 @@ def test_a_release_key_over_the_limit_is_refused_without_echoing_it(rm: ReleaseM
 
 
 def test_approvals_are_recorded_once_however_often_the_activity_runs(rm: ReleaseManagement) -> None:
-    record = ApprovalRecord(
-        release_key="R", run_id=RUN, approver="alice", approved_at=datetime.now(UTC), deploy_keys=["R:a", "R:b"]
-    )
+    record = DecisionRecord(release_key="R", run_id=RUN, by="alice", at=datetime.now(UTC), deploy_keys=["R:a", "R:b"])
     rm.record_approval(record, attempt=1)
     rm.record_approval(record, attempt=2)
     lines = [(e["deploy_key"], e["step"], e["env"], e["attempt"], e["applied"]) for e in rm.ledger.entries()]
@@ -518,7 +527,7 @@ def test_a_workspace_fault_is_retried_with_one_line_saying_what_to_fix(rm: Relea
     )
     (tmp_path / "ledger.jsonl").unlink()
     (tmp_path / "ledger.jsonl").mkdir()
-    record = ApprovalRecord(release_key="R", run_id=RUN, approver="a", approved_at=datetime.now(UTC), deploy_keys=["R"])
+    record = DecisionRecord(release_key="R", run_id=RUN, by="a", at=datetime.now(UTC), deploy_keys=["R"])
     with pytest.raises(ApplicationError) as err:
         env.run(acts.record_approval, record)
     assert err.value.type == "WorkspaceError" and "Is a directory" in err.value.message

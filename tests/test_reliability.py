@@ -22,6 +22,7 @@ from shared import (
     Approval,
     ApprovalReply,
     ReleaseInfo,
+    ReleaseRequest,
     StepInput,
     StepResult,
 )
@@ -35,7 +36,7 @@ KEY = "RELEASE-NOV-23-INITIAL"
 
 async def start(env: WorkflowEnvironment, tq: str, key: str = KEY) -> WorkflowHandle:
     return await env.client.start_workflow(
-        ReleaseWorkflow.run, ReleaseInfo(release_key=key), id=f"release-{key}-{uuid.uuid4()}", task_queue=tq
+        ReleaseWorkflow.run, ReleaseRequest(release_key=key), id=f"release-{key}-{uuid.uuid4()}", task_queue=tq
     )
 
 

@@ -12,10 +12,10 @@ import pytest
 from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 
-from orchestrator.errors import GateFailed, NotVerified, ReleaseError, root_cause
+from orchestrator.errors import GateFailed, ReleaseError, RollbackRefused, root_cause
 from orchestrator.inventory import inventory
 from release_management import ReleaseManagement
-from shared import HELD, Decision, ReleaseInfo, ReleaseState, StepInput
+from shared import HELD, Decision, ReleaseRequest, ReleaseState, RollbackTarget, StepInput
 from tests.conftest import CATALOG, REPO, target_of
 from tests.support import (
     WorkerProcess,
@@ -45,7 +45,10 @@ def workspace(tmp_path: Path, on_failure: Any, failing: set[tuple[str, str, str]
 
 async def release(env: WorkflowEnvironment, tq: str, key: str) -> WorkflowHandle:
     return await env.client.start_workflow(
-        ReleaseWorkflow.run, ReleaseInfo(release_key=key, now=True), id=f"release-{key}-{uuid.uuid4()}", task_queue=tq
+        ReleaseWorkflow.run,
+        ReleaseRequest(release_key=key, now=True),
+        id=f"release-{key}-{uuid.uuid4()}",
+        task_queue=tq,
     )
 
 
@@ -182,8 +185,8 @@ async def test_hold_then_retry_after_a_fix_outside_goes_on(tmp_path: Path, ts_en
     assert result.status == "SUCCESS"
     assert rm.contents("PROD") == ["backendforfrontend-1.0", "frontend-1.0", "sbstore-1.0"]
     sbstore = next(d for d in rm.gather_deployments(INITIAL).deploys if d.container_id == "sbstore")
-    report = json.loads(rm.report_path(sbstore, "QC", "security").read_text())
-    assert (report["passed"], report["retry"]) == (True, 1)
+    failed, retried = (json.loads(rm.report_path(sbstore, "QC", "security", r).read_text()) for r in (0, 1))
+    assert (failed["passed"], failed.get("retry"), retried["passed"], retried["retry"]) == (False, None, True, 1)
     tests = [e for e in rm.ledger.entries() if e["step"] == "test" and e["env"] == "QC" and e["container"] == "sbstore"]
     assert [(e["passed"], e.get("retry", 0)) for e in tests] == [(False, 0), (True, 1)]
 
@@ -238,9 +241,11 @@ async def test_rollback_env_re_promotes_through_the_gates_with_who_asked(
     run_release_steps(rm, INITIAL, HOTFIX)
     before = rm.contents("QC")
     async with in_process_worker(ts_env, rm) as tq:
-        info = rm.rollback_env("QC", "frontend", "ana")
+        [first_look] = rm.rollback_env("QC", "frontend", "ana").deploys
+        target = RollbackTarget(env="QC", container="frontend")
+        asked = ReleaseRequest(release_key=target.release_key(), now=True, by="ana", rollback=target)
         handle = await ts_env.client.start_workflow(
-            ReleaseWorkflow.run, info, id=f"release-{uuid.uuid4()}", task_queue=tq
+            ReleaseWorkflow.run, asked, id=f"release-{uuid.uuid4()}", task_queue=tq
         )
         assert (await handle.result()).status == "SUCCESS"
     assert before == ["backendforfrontend-1.7", "frontend-1.1", "sbstore-1.7"]
@@ -251,7 +256,7 @@ async def test_rollback_env_re_promotes_through_the_gates_with_who_asked(
     lines = [e for e in rm.ledger.entries() if e.get("release_key") == "ROLLBACK-QC-frontend"]
     assert [(e["step"], e.get("env")) for e in lines] == [("approve", None), ("deploy", "QC"), ("test", "QC")]
     assert lines[0]["approver"] == "ana"
-    report = json.loads(rm.report_path(info.deploys[0], "QC", "security").read_text())
+    report = json.loads(rm.report_path(first_look, "QC", "security").read_text())
     assert report["release_key"] == "ROLLBACK-QC-frontend"
 
 
@@ -333,15 +338,18 @@ async def test_held_deploy_and_rollback_env_from_the_command_line(
             "frontend-1.2 and backendforfrontend-1.8 reached QC"
         ), out
         assert "  held for a person: " in out
-        code, out = await run_script(["rollback-env", "QC", "frontend", "--by", "Ana", "--to", "9.9"], env)
-        assert (code, out) == (2, "error: cannot roll back QC frontend to 9.9: it never passed its tests in QC\n")
-        code, out = await run_script(["rollback-env", "QC", "frontend", "--by", "Ana"], env)
-        assert (code, out) == (
-            2,
-            "error: cannot roll back QC frontend: no other version passed its tests there (it holds frontend-1.2)\n",
-        )
-        code, out = await run_script(["rollback-env", "QC", "sbstore", "--by", "Ana", "--to", "1.8"], env)
-        assert (code, out) == (2, "error: cannot roll back QC sbstore to 1.8: it never passed its tests in QC\n")
+        # The worker's ledger decides: each is refused by the worker, in one line, exit 2.
+        for args, refusal in [
+            (["QC", "frontend", "--to", "9.9"], "cannot roll back QC frontend to 9.9: it never passed its tests in QC"),
+            (
+                ["QC", "frontend"],
+                "cannot roll back QC frontend: no other version passed its tests there (it holds frontend-1.2)",
+            ),
+            (["QC", "sbstore", "--to", "1.8"], "cannot roll back QC sbstore to 1.8: it never passed its tests in QC"),
+        ]:
+            code, out = await run_script(["rollback-env", *args, "--by", "Ana"], env)
+            assert (code, out.splitlines()[-1]) == (2, f"error: {refusal}"), out
+            assert "Traceback" not in out and "Result:" not in out, out
     assert sorted(p.name for p in (tmp_path / "environments" / "QC").iterdir() if p.is_file()) == [
         "backendforfrontend-1.8",
         "frontend-1.2",
@@ -454,7 +462,7 @@ def test_rollback_env_after_a_rollback_picks_the_version_before_the_one_held_now
     assert "sbstore-1.7" in rm.contents("QC")
     info = rm.rollback_env("QC", "sbstore", "ana")
     assert info.deploys[0].version == "1.0"
-    with pytest.raises(NotVerified) as err:
+    with pytest.raises(RollbackRefused) as err:
         rm.rollback_env("QC", "sbstore", "ana", to="1.8")
     assert str(err.value) == "cannot roll back QC sbstore to 1.8: it never passed its tests in QC"
 

@@ -29,7 +29,7 @@ from orchestrator.command_runner import (
 from orchestrator.errors import root_cause
 from orchestrator.step_commands import StepCommand, StepCommands, placeholders_for
 from release_management import ReleaseManagement, build_content
-from shared import ReleaseInfo
+from shared import ReleaseRequest
 from tests.support import in_process_worker
 from workflows import ReleaseWorkflow
 
@@ -535,7 +535,7 @@ async def test_a_release_runs_the_example_commands_through_a_worker(
     rm = ReleaseManagement(tmp_path, EXAMPLE)
     async with in_process_worker(ts_env, rm) as tq:
         handle = await ts_env.client.start_workflow(
-            ReleaseWorkflow.run, ReleaseInfo(release_key="RELEASE-COMMANDS-DEMO", now=True), id="cmd", task_queue=tq
+            ReleaseWorkflow.run, ReleaseRequest(release_key="RELEASE-COMMANDS-DEMO", now=True), id="cmd", task_queue=tq
         )
         assert (await handle.result()).status == "SUCCESS"
     [d] = rm.gather_deployments("RELEASE-COMMANDS-DEMO").deploys
@@ -559,7 +559,7 @@ async def test_a_check_command_that_fails_is_a_gate_failure_with_its_last_lines(
     rm = ReleaseManagement(tmp_path, EXAMPLE)
     async with in_process_worker(ts_env, rm) as tq:
         handle = await ts_env.client.start_workflow(
-            ReleaseWorkflow.run, ReleaseInfo(release_key="RELEASE-COMMANDS-DEMO", now=True), id="cmd", task_queue=tq
+            ReleaseWorkflow.run, ReleaseRequest(release_key="RELEASE-COMMANDS-DEMO", now=True), id="cmd", task_queue=tq
         )
         with pytest.raises(WorkflowFailureError) as err:
             await handle.result()

@@ -13,7 +13,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from orchestrator.errors import root_cause
 from release_management import ReleaseManagement
-from shared import DeployInfo, ReleaseInfo, ReleaseResult
+from shared import ReleaseInfo, ReleaseRequest, ReleaseResult
 from tests.steps import promote
 from tests.support import activity_starts, in_process_worker
 from utils import FailureInjector
@@ -39,7 +39,7 @@ async def test_release_promotes_every_deploy_through_every_environment(
     ts_env: WorkflowEnvironment, rm: ReleaseManagement
 ) -> None:
     async with in_process_worker(ts_env, rm) as tq:
-        result = await (await start(ts_env, tq, ReleaseInfo(release_key="RELEASE-NOV-23-INITIAL"))).result()
+        result = await (await start(ts_env, tq, ReleaseRequest(release_key="RELEASE-NOV-23-INITIAL"))).result()
     assert isinstance(result, ReleaseResult)
     assert result.status == "SUCCESS"
     assert sorted(d.artifact for d in result.deploys) == ALL
@@ -52,7 +52,7 @@ async def test_release_promotes_every_deploy_through_every_environment(
 
 async def test_unknown_release_key_fails_at_once(ts_env: WorkflowEnvironment, rm: ReleaseManagement) -> None:
     async with in_process_worker(ts_env, rm) as tq:
-        handle = await start(ts_env, tq, ReleaseInfo(release_key="RELEASE-NEVER"))
+        handle = await start(ts_env, tq, ReleaseRequest(release_key="RELEASE-NEVER"))
         cause = await failure_of(handle)
     assert isinstance(cause, ApplicationError) and cause.type == "UnknownRelease"
     assert "unknown release key 'RELEASE-NEVER'" in str(cause)
@@ -77,7 +77,7 @@ async def test_missing_source_fails_without_retrying(
             (tmp_path / "environments" / "QC" / artifact).unlink()
         error, message = "MissingArtifact", "to PROD: QC does not hold"
     async with in_process_worker(dev_server, rm) as tq:
-        handle = await start(dev_server, tq, ReleaseInfo(release_key="RELEASE-JAN-24-ALPHA-PROD"))
+        handle = await start(dev_server, tq, ReleaseRequest(release_key="RELEASE-JAN-24-ALPHA-PROD"))
         cause = await failure_of(handle)
     assert isinstance(cause, ApplicationError) and cause.type == error
     assert message in str(cause)
@@ -85,43 +85,50 @@ async def test_missing_source_fails_without_retrying(
     assert set(await attempts(dev_server, handle, children=True)) == {1}
 
 
-def unchecked_release(**deploy_fields: object) -> ReleaseInfo:
-    """A release that skips client-side validation, as another Temporal client could send it."""
-    fields = {
-        "deploy_key": "R:frontend",
-        "container_id": "frontend",
-        "version": "1.0",
-        "git_url": "https://example.invalid/frontend",
-        "environments": ["DEV"],
-        "approved": True,
-        **deploy_fields,
-    }
-    return ReleaseInfo.model_construct(
-        release_key="R", release_date=None, approved=True, deploys=[DeployInfo.model_construct(**fields)]
-    )
-
-
-@pytest.mark.parametrize(
-    ("fields", "message"),
-    [
-        ({"environments": ["DEV", "TEST", "PROD"]}, "PROD needs QC before it"),
-        ({"environments": ["STAGING"]}, "STAGING"),
-        ({"container_id": "../x"}, "container id '../x' is invalid"),
-        ({"version": "../1"}, "version '../1' is invalid"),
+# What any Temporal client could send (`temporal workflow start --input ...`): a release already gathered, with a
+# version the catalog never had, a shell command, no checks, no freezes, approved.
+FORGED = {
+    "release_key": "RELEASE-NOV-23-INITIAL",
+    "now": True,
+    "approved": True,
+    "freezes": {},
+    "deploys": [
+        {
+            "deploy_key": "RELEASE-NOV-23-INITIAL:frontend",
+            "container_id": "frontend",
+            "version": "6.6",
+            "git_url": "https://example.invalid/frontend",
+            "environments": ["PROD"],
+            "checks": {},
+            "approved": True,
+            "commands": {"deploy": {"argv": ["sh", "-c", "touch {workspace}/../owned"]}},
+        }
     ],
-)
-async def test_invalid_deploys_fail_the_release_at_once(
-    ts_env: WorkflowEnvironment, rm: ReleaseManagement, tmp_path: Path, fields: dict, message: str
+}
+
+
+@pytest.mark.parametrize("extra", [FORGED, {"release_key": "RELEASE-NOV-23-INITIAL", "redeploy": True}])
+async def test_an_input_with_what_the_catalog_decides_is_refused_and_nothing_runs(
+    ts_env: WorkflowEnvironment, rm: ReleaseManagement, tmp_path: Path, extra: dict[str, object]
 ) -> None:
     async with in_process_worker(ts_env, rm) as tq:
-        cause = await failure_of(await start(ts_env, tq, unchecked_release(**fields)))
-    assert message in str(cause)
+        handle = await ts_env.client.start_workflow(
+            "ReleaseWorkflow", extra, id=f"forged-{uuid.uuid4()}", task_queue=tq
+        )
+        cause = await failure_of(handle)
+    assert isinstance(cause, ApplicationError) and cause.type == "InvalidInput" and cause.non_retryable
+    fields = ", ".join(sorted(set(extra) - {"release_key", "now"}))
+    assert cause.message == (
+        f"release RELEASE-NOV-23-INITIAL: its input holds {fields}, which no person chooses: a release's input is "
+        "its key, now, who starts it and a rollback target; the worker's catalog gives the rest"
+    )
+    assert await activity_starts(ts_env.client, handle.id) == []  # not even the catalog was read
     assert [p.name for p in tmp_path.iterdir()] == []
 
 
 async def test_release_survives_frequent_failures(ts_env: WorkflowEnvironment, rm: ReleaseManagement) -> None:
     async with in_process_worker(ts_env, rm, FailureInjector("alot", seed=7)) as tq:
-        handle = await start(ts_env, tq, ReleaseInfo(release_key="RELEASE-NOV-23-INITIAL"))
+        handle = await start(ts_env, tq, ReleaseRequest(release_key="RELEASE-NOV-23-INITIAL"))
         result = await handle.result()
     assert result.status == "SUCCESS"
     for env in ("DEV", "TEST", "QC", "PROD"):
@@ -153,7 +160,7 @@ async def test_status_queries_while_a_release_runs_are_all_answered(
     with a nondeterminism error in the SDK's core.)
     """
     async with in_process_worker(dev_server, rm) as tq:
-        handle = await start(dev_server, tq, ReleaseInfo(release_key="RELEASE-NOV-23-INITIAL"))
+        handle = await start(dev_server, tq, ReleaseRequest(release_key="RELEASE-NOV-23-INITIAL"))
         result = asyncio.ensure_future(handle.result())
         answers, statuses = 0, set()
         while not result.done():

@@ -21,6 +21,7 @@ from temporalio.exceptions import is_cancelled_exception
 
 from orchestrator.cli import waits
 from orchestrator.cli.diagnostics import (
+    UserError,
     latest_run,
     no_worker,
     progress,
@@ -32,6 +33,7 @@ from orchestrator.cli.diagnostics import (
 from orchestrator.cli.follower import start_worker_hint, ui_link
 from orchestrator.errors import root_cause
 from orchestrator.flow.release_run import RELEASE_STATUS_ATTRIBUTE
+from orchestrator.names import printable
 from orchestrator.render import render_progress
 from orchestrator.settings import Settings
 from shared import FROZEN, Approval, Decision, ReleaseState, Unfreeze, release_workflow_id
@@ -39,12 +41,11 @@ from utils import script_command
 from workflows import ReleaseWorkflow
 
 
-class UserError(Exception):
-    """One line to the user and an exit code (2: bad input); nothing was changed."""
-
-    def __init__(self, message: str, code: int = 2) -> None:
-        super().__init__(message)
-        self.code = code
+def status_word(status: WorkflowExecutionStatus | None) -> str:
+    """Temporal's word for a run's state, spelled as the release's own words are (CANCELLED, not CANCELED)."""
+    if status is None:
+        return "unknown"
+    return "CANCELLED" if status == WorkflowExecutionStatus.CANCELED else status.name
 
 
 async def running_release(client: Client, settings: Settings, key: str, doing: str) -> WorkflowHandle:
@@ -53,7 +54,7 @@ async def running_release(client: Client, settings: Settings, key: str, doing: s
     if description is None:
         raise UserError(f"release {key} was never started: nothing to {doing}")
     if description.status != WorkflowExecutionStatus.RUNNING:
-        run = description.status.name if description.status else "unknown"
+        run = status_word(description.status)
         raise UserError(f"release {key} is not running (its latest run is {run}): nothing to {doing}")
     # Only a worker can answer; without one the request would wait silently.
     if not await release_polled(client, description):
@@ -70,7 +71,7 @@ async def status(client: Client, settings: Settings, target: dict, key: str) -> 
     if run is None:
         raise UserError(f"release {key} was never started")
     # The release's own word (AWAITING_APPROVAL, SUCCESS...) where it set one, else Temporal's.
-    word = run.typed_search_attributes.get(RELEASE_STATUS_ATTRIBUTE) or (run.status.name if run.status else "unknown")
+    word = run.typed_search_attributes.get(RELEASE_STATUS_ATTRIBUTE) or status_word(run.status)
     running = run.status == WorkflowExecutionStatus.RUNNING
     hint = start_worker_hint(settings, run.task_queue)
     # Only a worker answers the progress query; look first rather than wait out its timeout.
@@ -138,11 +139,12 @@ async def send_update(handle: WorkflowHandle, update: Any, arg: BaseModel, key: 
         ) from None
 
 
-async def approve(client: Client, settings: Settings, key: str, approver: str, deploy: str | None) -> int:
+async def approve(
+    client: Client, settings: Settings, key: str, approver: str, deploy: str | None, env: str | None = None
+) -> int:
     handle = await running_release(client, settings, key, "approve")
-    reply = await send_update(
-        handle, ReleaseWorkflow.approve, Approval(approver=approver, deploy=deploy), key, "approval"
-    )
+    approval = Approval(approver=approver, deploy=deploy, env=env, identity=client.identity)
+    reply = await send_update(handle, ReleaseWorkflow.approve, approval, key, "approval")
     approved = ", ".join(reply.approved) or "nothing"
     print(f"Approved by {approver}: {approved}; still waiting: {', '.join(reply.still_waiting) or 'nothing'}")
     return 0
@@ -150,7 +152,8 @@ async def approve(client: Client, settings: Settings, key: str, approver: str, d
 
 async def unfreeze(client: Client, settings: Settings, key: str, approver: str) -> int:
     handle = await running_release(client, settings, key, "unfreeze")
-    reply = await send_update(handle, ReleaseWorkflow.unfreeze, Unfreeze(approver=approver), key, "unfreeze")
+    unfreeze = Unfreeze(approver=approver, identity=client.identity)
+    reply = await send_update(handle, ReleaseWorkflow.unfreeze, unfreeze, key, "unfreeze")
     print(f"Unfrozen by {approver}: release {key} promotes into {', '.join(reply.environments)} now ({reply.status})")
     return 0
 
@@ -158,13 +161,16 @@ async def unfreeze(client: Client, settings: Settings, key: str, approver: str) 
 async def decide(client: Client, settings: Settings, key: str, action: str, approver: str, deploy: str | None) -> int:
     handle = await running_release(client, settings, key, action)
     update = ReleaseWorkflow.retry if action == "retry" else ReleaseWorkflow.rollback
-    reply = await send_update(handle, update, Decision(approver=approver, deploy=deploy), key, action)
+    decision = Decision(approver=approver, deploy=deploy, identity=client.identity)
+    reply = await send_update(handle, update, decision, key, action)
     print(f"{action.capitalize()} of {reply.deploy} asked by {approver} (release {key}: {reply.status})")
     return 0
 
 
-async def cancel(client: Client, settings: Settings, key: str) -> int:
+async def cancel(client: Client, settings: Settings, key: str, by: str) -> int:
     handle = await running_release(client, settings, key, "cancel")
+    # Who cancels, for the release to record; then the cancel itself, which a signal cannot stand in for.
+    await handle.signal(ReleaseWorkflow.cancelled_by, Decision(approver=by, identity=client.identity))
     await handle.cancel()
     print(f"Cancel requested: release {key} stops once the steps in flight finish.", flush=True)
     try:
@@ -175,7 +181,7 @@ async def cancel(client: Client, settings: Settings, key: str) -> int:
             state = await progress(handle)
             print(f"Release {key}: CANCELLED ({state.error if state else 'see status'})")
             return 0
-        print(f"Release {key} failed before the cancel took effect: {root_cause(e)}")
+        print(f"Release {key} failed before the cancel took effect: {printable(str(root_cause(e)))}")
         return 1
     print(f"Release {key} finished before the cancel took effect: SUCCESS")
     return 1
@@ -187,10 +193,8 @@ async def list_releases(client: Client, keys: list[str]) -> int:
         if run is None:
             return "never run"
         # The release's own word (SUCCESS, AWAITING_APPROVAL...) where it set one, else Temporal's.
-        return run.typed_search_attributes.get(RELEASE_STATUS_ATTRIBUTE) or (
-            run.status.name if run.status else "unknown"
-        )
+        return run.typed_search_attributes.get(RELEASE_STATUS_ATTRIBUTE) or status_word(run.status)
 
     for key, latest_status in zip(keys, await asyncio.gather(*(latest(k) for k in keys)), strict=True):
-        print(f"{key:<34} {latest_status}")
+        print(f"{printable(key):<34} {latest_status}")
     return 0

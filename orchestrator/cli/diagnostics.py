@@ -22,13 +22,22 @@ from temporalio.client import (
 from temporalio.service import RPCError, RPCStatusCode
 
 from orchestrator.cli import waits
-from shared import ReleaseState, clip, release_workflow_id
+from orchestrator.names import clip, one_line
+from shared import ReleaseState, release_workflow_id
 from workflows import ReleaseWorkflow
 
 # A step that failed this many times in a row is shown with its last error, so no release
 # retries in silence: from its 4th attempt on (after its 3rd failed attempt), once per attempt.
 FAILURES_SHOWN = 3
 ERROR_CHARS = 300
+
+
+class UserError(Exception):
+    """One line to the user and an exit code (2: bad input); nothing was changed."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass
@@ -111,9 +120,9 @@ def start_one(release: WorkflowExecutionDescription, hint: str, quoted: bool = F
     return f"start one with `{hint}`" if quoted else f"start one with: {hint}"
 
 
-def one_line(text: str) -> str:
-    """An error as one bounded line: an error's text is not ours to trust with newlines or length."""
-    return clip(" ".join(text.split()), ERROR_CHARS)
+def bounded(text: str) -> str:
+    """An error as one bounded line: an error's text is not ours to trust with control characters or length."""
+    return clip(one_line(text), ERROR_CHARS)
 
 
 async def troubles(client: Client, release: WorkflowExecutionDescription) -> list[Trouble]:
@@ -128,7 +137,7 @@ async def troubles(client: Client, release: WorkflowExecutionDescription) -> lis
                 Trouble(
                     f"{release.id} {activity.activity_id}",
                     activity.attempt,
-                    f"{what}: attempt {activity.attempt}, last error: {one_line(activity.last_failure.message)}",
+                    f"{what}: attempt {activity.attempt}, last error: {bounded(activity.last_failure.message)}",
                 )
             )
     return found
@@ -172,7 +181,7 @@ async def last_task_failure(client: Client, workflow_id: str, run_id: str) -> st
         )
         for event in page.history.events:
             if event.HasField("workflow_task_failed_event_attributes"):
-                return one_line(event.workflow_task_failed_event_attributes.failure.message)
+                return bounded(event.workflow_task_failed_event_attributes.failure.message)
         token = page.next_page_token
         if not token:
             break

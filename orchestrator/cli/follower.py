@@ -5,47 +5,47 @@ its result; the server may restart meanwhile.
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import time
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
+from temporalio.client import (
+    Client,
+    WorkflowExecutionDescription,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
+)
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
 from temporalio.exceptions import TerminatedError, is_cancelled_exception
 from temporalio.service import RPCError, RPCStatusCode
 
 from orchestrator.cli import waits
-from orchestrator.cli.diagnostics import no_worker, progress, release_polled, run_status, start_one, troubles
-from orchestrator.errors import root_cause
+from orchestrator.cli.diagnostics import UserError, latest_run, no_worker, progress, release_polled, start_one, troubles
+from orchestrator.errors import REFUSED_AT_START, root_cause
 from orchestrator.flow.release_run import RELEASE_KEY_ATTRIBUTE, RELEASE_STATUS_ATTRIBUTE
+from orchestrator.names import printable
 from orchestrator.settings import Settings
-from shared import AWAITING_APPROVAL, FROZEN, RUNNING, ReleaseResult, ReleaseState, release_workflow_id
+from shared import AWAITING_APPROVAL, FROZEN, RUNNING, ReleaseRequest, ReleaseResult, ReleaseState, release_workflow_id
 from utils import script_command, worker_command
 
 TRANSIENT = (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.UNKNOWN)
 RELEASE_WORKFLOW = "ReleaseWorkflow"
 
 
-class ReleaseStart(BaseModel):
-    """The workflow's input as the starter sends it: only what the starter decided.
-
-    The workflow reads it as a ReleaseInfo; the rest (date, approvals, deploys) comes from the
-    catalog when the release gathers, so the Web UI's Input shows no defaults the catalog overrides.
-    """
-
-    release_key: str
-    now: bool
-
-
 def ui_link(target: dict, workflow_id: str, run_id: str | None = None) -> str | None:
-    """Where the Web UI shows this release: the local dev server's UI or Temporal Cloud's."""
+    """Where the Web UI shows this release: TEMPORAL_UI_URL, else Temporal Cloud's, or a local dev server's at its
+    default UI port (its gRPC port + 1000: make's 8233); None where it cannot be known."""
     host, _, port = target["target_host"].rpartition(":")
-    if host in ("localhost", "127.0.0.1") and port.isdigit():
-        base = f"http://localhost:{int(port) + 1000}"  # the dev server's default UI port
+    if configured := os.environ.get("TEMPORAL_UI_URL", "").strip().rstrip("/"):
+        base = configured
     elif host.endswith((".tmprl.cloud", ".api.temporal.io")):
         base = "https://cloud.temporal.io"
+    elif host in ("localhost", "127.0.0.1") and port.isdigit():
+        base = f"http://localhost:{int(port) + 1000}"
     else:
         return None
     tail = f"/{run_id}/history" if run_id else ""
@@ -57,56 +57,89 @@ def start_worker_hint(settings: Settings, task_queue: str) -> str:
     return worker_command(None if task_queue == settings.task_queue else task_queue)
 
 
-async def start(
-    client: Client, settings: Settings, target: dict, key: str, now: bool, payload: BaseModel | None = None
-) -> int:
-    """Start release key (or follow its run), and follow it; payload: the whole input (a rollback-env's)."""
+async def start(client: Client, settings: Settings, target: dict, request: ReleaseRequest) -> int:
+    """Start the release (or follow its run), and follow it to its result; its exit code."""
+    key = request.release_key
     workflow_id = release_workflow_id(key)
-    running = await run_status(client, key) == WorkflowExecutionStatus.RUNNING
-    handle = await _start_workflow(client, settings, target, key, now, payload)
+    running = await latest_run(client, key)
+    if running is not None and running.status != WorkflowExecutionStatus.RUNNING:
+        running = None
+    if running is not None and request.rollback is not None:
+        await _same_rollback(running, request)
+    handle = await _start_workflow(client, settings, target, request.model_copy(update={"identity": client.identity}))
     verb = "is already running; following it" if running else "started"
     print(f"Release {key} {verb} (workflow {workflow_id}).", flush=True)
-    if running and now:
+    if running and request.now and request.rollback is None:
         print("note: --now applies to a new run; the running one keeps its release date", flush=True)
     if link := ui_link(target, workflow_id, handle.result_run_id):
         print(f"Web UI: {link}", flush=True)
     try:
         result = await Follower(client, settings, handle, target, key).follow()
     except WorkflowFailureError as e:
-        if is_cancelled_exception(e.cause):
-            state = await progress(handle)
-            print(f"Result: Release {key}: CANCELLED ({state.error if state else 'see status'})", flush=True)
-        elif isinstance(e.cause, TerminatedError):
-            # Ended from outside (`temporal workflow terminate`, the Web UI): not a failure of its own.
-            print(f"Result: Release {key}: TERMINATED ({e.cause.message or 'no reason given'})", flush=True)
-        else:
-            print(f"Result: Release {key}: FAILED: {root_cause(e)}", flush=True)
-        return 1
+        return await _failed(handle, key, e)
     if result is None:
         return 3
     skipped = f" (skipped, not approved: {', '.join(result.skipped)})" if result.skipped else ""
-    print(f"Result: Release {key}: {result.status}{skipped}", flush=True)
+    back = f" ({request.rollback.env} holds {result.deploys[0].artifact} again)" if request.rollback else ""
+    print(f"Result: Release {key}: {result.status}{skipped}{back}", flush=True)
     return 0
 
 
+async def _same_rollback(running: WorkflowExecutionDescription, request: ReleaseRequest) -> None:
+    """A second rollback-env of one target follows the running one only if it asks the same; UserError if not."""
+    asked = (await running.memo()).get("request")
+    theirs = ReleaseRequest.model_validate(asked) if isinstance(asked, dict) else None
+    ours = request.rollback
+    if theirs is None or theirs.rollback is None or ours is None or theirs.rollback.version == ours.version:
+        return
+    what = f"--to {theirs.rollback.version}" if theirs.rollback.version else "the version before the one it holds"
+    raise UserError(
+        f"{request.release_key} already rolls back {ours.env} {ours.container} ({what}, asked by "
+        f"{theirs.by or 'someone'}): wait for it to end, or cancel it; nothing was started"
+    )
+
+
+async def _failed(handle: WorkflowHandle[Any, ReleaseResult], key: str, e: WorkflowFailureError) -> int:
+    """Say how the release ended without success: cancelled, terminated, failed (1), or refused at its start (2)."""
+    cause = root_cause(e)
+    if is_cancelled_exception(e.cause):
+        state = await progress(handle)
+        print(f"Result: Release {key}: CANCELLED ({state.error if state else 'see status'})", flush=True)
+    elif isinstance(e.cause, TerminatedError):
+        # Ended from outside (`temporal workflow terminate`, the Web UI): not a failure of its own.
+        print(f"Result: Release {key}: TERMINATED ({printable(e.cause.message or 'no reason given')})", flush=True)
+    elif getattr(cause, "type", None) in REFUSED_AT_START:
+        # The worker's catalog refused it as it gathered: nothing ran.
+        message = printable(getattr(cause, "message", "") or str(cause))
+        prefix = f"cannot start {key}: " if getattr(cause, "type", None) == "CatalogError" else ""
+        print(f"error: {prefix}{message}", file=sys.stderr, flush=True)
+        return 2
+    else:
+        print(f"Result: Release {key}: FAILED: {printable(str(cause))}", flush=True)
+    return 1
+
+
 async def _start_workflow(
-    client: Client, settings: Settings, target: dict, key: str, now: bool, payload: BaseModel | None
+    client: Client, settings: Settings, target: dict, request: ReleaseRequest
 ) -> WorkflowHandle[Any, ReleaseResult]:
+    key, now = request.release_key, request.now
     attributes = TypedSearchAttributes(
         [SearchAttributePair(RELEASE_KEY_ATTRIBUTE, key), SearchAttributePair(RELEASE_STATUS_ATTRIBUTE, RUNNING)]
     )
     for search_attributes in (attributes, None):
         try:
-            # By type name: the workflow takes a ReleaseInfo, and gets one filled from this.
+            # By type name: the worker's ReleaseWorkflow takes this request.
             return await client.start_workflow(
                 RELEASE_WORKFLOW,
-                payload or ReleaseStart(release_key=key, now=now),
+                request,
                 id=release_workflow_id(key),
                 task_queue=settings.task_queue,
                 result_type=ReleaseResult,
                 # A second start of a running release follows it rather than failing.
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
                 search_attributes=search_attributes,
+                # What was asked, for a second rollback-env of the target to compare with.
+                memo={"request": request.model_dump(mode="json", exclude_none=True)},
                 static_summary=f"Release {key}" + (" (--now: not waiting for the release date)" if now else ""),
             )
         except RPCError as e:
@@ -136,6 +169,7 @@ class Follower:
     hinted: bool = False
     unfreeze_hinted: bool = False
     held_hinted: list[str] = field(default_factory=list)
+    entry_hinted: list[str] = field(default_factory=list)
     shown: dict[str, Hashable] = field(default_factory=dict)
 
     async def follow(self) -> ReleaseResult | None:
@@ -185,7 +219,19 @@ class Follower:
             retry = script_command("run_workflow.py", "retry", self.key, "--by", "NAME", *more)
             rollback = script_command("run_workflow.py", "rollback", self.key, "--by", "NAME", *more)
             print(f"  held for a person: {retry}  (after a fix), or {rollback}", flush=True)
-        if state.status == AWAITING_APPROVAL and not self.hinted:
+        entering = sorted(
+            {
+                w.split()[3].rstrip(":")
+                for d in state.deploys
+                if (w := d.waiting_for or "").startswith("approval to enter ")
+            }
+        )
+        for env in entering:
+            if env not in self.entry_hinted:
+                self.entry_hinted.append(env)
+                hint = script_command("run_workflow.py", "approve", self.key, "--by", "NAME", "--env", env)
+                print(f"  approve its entry into {env} with: {hint}", flush=True)
+        if state.status == AWAITING_APPROVAL and not self.hinted and not entering:
             self.hinted = True
             hint = script_command("run_workflow.py", "approve", self.key, "--by", "NAME")
             print(f"  approve with: {hint}", flush=True)

@@ -14,8 +14,11 @@ from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities import ReleaseActivities
+    from orchestrator.access import check_release_approver
+    from orchestrator.flow.entry_approvals import EntryApprovals
     from orchestrator.flow.release_run import ReleaseRun
-    from orchestrator.flow.steps import bookkeeping
+    from orchestrator.flow.steps import bookkeeping, record
+    from orchestrator.names import check_approver, clip
     from shared import (
         AWAITING_APPROVAL,
         CANCELLED,
@@ -23,25 +26,28 @@ with workflow.unsafe.imports_passed_through():
         SCHEDULED,
         SUCCESS,
         Approval,
-        ApprovalRecord,
         ApprovalReply,
         DeployState,
-        check_approver,
-        clip,
     )
 
 
 class Approvals:
-    def __init__(self, run: ReleaseRun) -> None:
+    def __init__(self, run: ReleaseRun, entry: EntryApprovals) -> None:
         self.run = run
+        # Approvals of a deploy's entry into an environment (approve --env): the same Update and Signal.
+        self.entry = entry
 
     # --- an approval, by Update or Signal ---
 
-    def check(self, approval: Approval) -> tuple[bool, list[DeployState]]:
+    def check(self, approval: Approval) -> object:
+        """ValueError says why the approval is refused (by the entry approvals, for one environment's entry)."""
+        return self.entry.check(approval) if approval.env is not None else self._targets(approval)
+
+    def _targets(self, approval: Approval) -> tuple[bool, list[DeployState]]:
         """What an approval approves: (the release itself?, deploys). ValueError says why not."""
         state = self.run.state
         key = state.release_key
-        check_approver(approval.approver)
+        check_release_approver(self.run.info, check_approver(approval.approver))
         if state.status in (SUCCESS, FAILED, CANCELLED):
             raise ValueError(f"release {key} has finished ({state.status}): nothing to approve")
         if not state.deploys:
@@ -63,7 +69,9 @@ class Approvals:
         return False, [deploy]
 
     async def apply(self, approval: Approval) -> ApprovalReply:
-        release_too, deploys = self.check(approval)
+        if approval.env is not None:
+            return await self.entry.apply(approval)
+        release_too, deploys = self._targets(approval)
         approver, now, state = check_approver(approval.approver), workflow.now(), self.run.state
         if release_too:
             state.approved, state.approved_by, state.approved_at = True, approver, now
@@ -72,7 +80,7 @@ class Approvals:
         what = (["the release"] if release_too else []) + [d.artifact for d in deploys]
         self.run.event(f"approved by {approver}: {', '.join(what)}")
         keys = ([state.release_key] if release_too else []) + [d.deploy_key for d in deploys]
-        await self.record(approver, keys, summary=f"record approval by {approver}")
+        await record(self.run, "approve", approver, keys, identity=approval.identity)
         return ApprovalReply(
             release_key=state.release_key,
             status=state.status,
@@ -80,29 +88,23 @@ class Approvals:
             still_waiting=[d.artifact for d in self._waiting()],
         )
 
-    async def record(self, approver: str, deploy_keys: list[str], summary: str, **more: object) -> None:
-        """Record in the ledger a decision of approver's about these deploys (or the release, by its key)."""
-        record = ApprovalRecord(
-            release_key=self.run.state.release_key,
-            run_id=workflow.info().run_id,
-            approver=approver,
-            approved_at=workflow.now(),
-            deploy_keys=deploy_keys,
-            **more,  # type: ignore[arg-type]
-        )
-        await bookkeeping(ReleaseActivities.record_approval, record, summary)
-
     # --- before the deploys: who asked, the release date, the approval system, the policy ---
 
-    async def record_requester(self) -> None:
-        """A rollback-env: who asked for it is its approval, in the state and the ledger."""
-        requested_by = self.run.info.requested_by
+    async def record_people(self) -> None:
+        """Who started the release, recorded; a rollback-env's asker is its approval, in the state and the ledger."""
+        info = self.run.info
+        if info.started_by is not None:
+            starter = check_approver(info.started_by, "starts it")
+            self.run.state.started_by = starter
+            await record(self.run, "start", starter, [info.release_key], identity=info.identity)
+        requested_by = info.requested_by
         if requested_by is None:
             return
         approver, state = check_approver(requested_by), self.run.state
         state.approved_by, state.approved_at = approver, workflow.now()
         self.run.event(f"rollback asked by {approver}")
-        await self.record(approver, [state.release_key], summary=f"record rollback asked by {approver}")
+        summary = f"record rollback asked by {approver}"
+        await record(self.run, "approve", approver, [state.release_key], identity=info.identity, summary=summary)
 
     async def wait_for_release_date(self) -> None:
         release = self.run.info

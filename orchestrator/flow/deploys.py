@@ -18,6 +18,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_
 with workflow.unsafe.imports_passed_through():
     from activities import ReleaseActivities
     from orchestrator.errors import root_cause
+    from orchestrator.flow.entry_approvals import EntryApprovals
     from orchestrator.flow.failure_policy import FailurePolicy
     from orchestrator.flow.freeze_gate import FreezeGate
     from orchestrator.flow.lock_client import LockClient
@@ -27,10 +28,13 @@ with workflow.unsafe.imports_passed_through():
 
 
 class Deploys:
-    def __init__(self, run: ReleaseRun, locks: LockClient, freeze: FreezeGate, policy: FailurePolicy) -> None:
+    def __init__(
+        self, run: ReleaseRun, locks: LockClient, freeze: FreezeGate, entry: EntryApprovals, policy: FailurePolicy
+    ) -> None:
         self.run = run
         self.locks = locks
         self.freeze = freeze
+        self.entry = entry
         self.policy = policy
 
     async def check_upstream(self, deploys: list[DeployInfo]) -> None:
@@ -111,19 +115,19 @@ class Deploys:
         replaces what is being tested. Locks are taken in promotion order (the artifactory, then
         the environments), so two releases never wait for each other in a circle.
         """
-        run_id, redeploy = workflow.info().run_id, self.run.info.redeploy
-        steps = [
-            StepInput(release_key=self.run.state.release_key, run_id=run_id, deploy=d, env=e, redeploy=redeploy)
-            for e in d.environments
-        ]
+        redeploy = self.run.info.redeploy
+        steps = self._steps(d)
         first = ENVIRONMENTS.index(d.environments[0])
         # A rollback-env takes the version from the artifactory, which keeps every build.
         source = ARTIFACTORY if first == 0 or redeploy else ENVIRONMENTS[first - 1]
         try:
             # A frozen environment is waited out before its lock is asked for, so that nobody
             # queues behind a release that waits for days.
-            await self.freeze.wait_out(steps[0])
+            await self._may_enter(steps[0])
             await self.locks.wait(d, steps[0], await self.locks.move(d, take=[source, d.environments[0]]))
+            if self.run.info.rollback is not None:
+                d = await self._choose_rollback(d)
+                steps = self._steps(d)
             if d.environments[0] == ENVIRONMENTS[0] and not redeploy:
                 await run_step(self.run, "build", steps[0])
             for i, step in enumerate(steps):
@@ -139,15 +143,44 @@ class Deploys:
             deploy_key=d.deploy_key, artifact=f"{d.container_id}-{d.version}", environments=d.environments
         )
 
+    async def _may_enter(self, step: StepInput) -> None:
+        """Wait until step's deploy may enter its environment: approved as the catalog requires, not frozen."""
+        await self.entry.wait(step)
+        await self.freeze.wait_out(step)
+
+    def _open(self, step: StepInput) -> bool:
+        """Whether step's deploy may enter its environment now, so that its lock is worth asking for."""
+        return self.freeze.frozen(step.env) is None and not self.entry.missing(step.deploy.deploy_key, step.env)
+
+    def _steps(self, d: DeployInfo) -> list[StepInput]:
+        """The step inputs of d, one per environment."""
+        run_id, key, redeploy = workflow.info().run_id, self.run.state.release_key, self.run.info.redeploy
+        return [StepInput(release_key=key, run_id=run_id, deploy=d, env=e, redeploy=redeploy) for e in d.environments]
+
+    async def _choose_rollback(self, d: DeployInfo) -> DeployInfo:
+        """A rollback-env's version, chosen under its target's lock: no release promoted meanwhile, and none can
+        until it is done. The release's first look (gather) may have seen another."""
+        target = self.run.info.rollback
+        assert target is not None
+        summary = f"choose what {target.release_key()} puts back"
+        version = await bookkeeping(ReleaseActivities.choose_rollback, target, summary)
+        if version != d.version:
+            self.run.event(
+                f"{target.env} changed since the rollback was asked: it puts back {d.container_id}-{version}"
+            )
+            self.run.deploy(d.deploy_key).artifact = f"{d.container_id}-{version}"
+            d = d.model_copy(update={"version": version})
+        return d
+
     async def _enter(
         self, d: DeployInfo, step: StepInput, source: str, following: list[StepInput]
     ) -> DeployResult | None:
         """Deploy d into step.env (its lock and the source's owned) and test it there; then own the next
         environment's lock. None, or how the failure policy settled a failed test."""
         # Frozen while this deploy waited for its locks: it waits again, owning them.
-        await self.freeze.wait_out(step)
+        await self._may_enter(step)
         await run_step(self.run, "deploy", step)
-        ahead = [s.env for s in following if self.freeze.frozen(s.env) is None]
+        ahead = [s.env for s in following if self._open(s)]
         # The copy is made, so the source goes back; the next environment is asked for
         # now, beside this one's test, so a free lock costs the critical path nothing.
         moved = asyncio.ensure_future(self.locks.move(d, give_back=[source], take=ahead))
@@ -159,7 +192,7 @@ class Deploys:
             return settled
         if not ahead:
             # Still owning this environment, which the next one copies from.
-            await self.freeze.wait_out(following[0])
+            await self._may_enter(following[0])
             answers = await self.locks.move(d, take=[following[0].env])
         await self.locks.wait(d, following[0], answers)
         return None

@@ -12,10 +12,12 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
+    from orchestrator.access import check_actor
     from orchestrator.errors import SETTLED_BY_POLICY, root_cause
     from orchestrator.flow.lock_client import LockClient
     from orchestrator.flow.release_run import ReleaseRun
-    from orchestrator.flow.steps import message_of, run_step, start_rollback, whole
+    from orchestrator.flow.steps import message_of, record, run_step, start_rollback, whole
+    from orchestrator.names import check_approver, clip
     from shared import (
         CANCELLED,
         FAILED,
@@ -31,8 +33,6 @@ with workflow.unsafe.imports_passed_through():
         DeployState,
         RollbackRequest,
         StepInput,
-        check_approver,
-        clip,
     )
 
 
@@ -45,7 +45,7 @@ class FailurePolicy:
         # Deploys held after a gate or health failure (on_failure hold): their environment, and the decisions
         # people sent for them ("retry" or "rollback", who), by deploy key.
         self.held: dict[str, str] = {}
-        self.decisions: dict[str, tuple[str, str]] = {}
+        self.decisions: dict[str, tuple[str, Decision]] = {}
         # Set when a failure settled with on_failure all stops the release: (its result, environment, action).
         self.stop_all: tuple[DeployResult, str, str] | None = None
         self.failure_type: str | None = None
@@ -66,15 +66,19 @@ class FailurePolicy:
                 if is_cancelled_exception(err) or getattr(cause, "type", None) not in SETTLED_BY_POLICY:
                     raise
                 failure, error = message_of(cause), err
-            policy, by = self.run.info.on_failure, None
+            policy, by, identity = self.run.info.on_failure, None, ""
             if policy == STOP_ALL:
                 raise error  # the release stops at this failure
             self.failure_type = self.failure_type or getattr(cause, "type", None) or "DeployFailed"
             action: str = policy.action
             if action == "hold":
-                decision, by = await self._hold(d, step, failure)
+                decision, person = await self._hold(d, step, failure)
+                by, identity = check_approver(person.approver), person.identity
                 if decision == "retry":
                     # A new try of the checks, for a fix made outside; Temporal's retries keep their verdicts.
+                    # Recorded in the ledger (a release started by 1.0 did not: docs/design.md, Patches).
+                    if workflow.patched("record-retry"):
+                        await record(self.run, "retry", by, [d.deploy_key], [step.env], person.identity)
                     step = step.model_copy(update={"retry": step.retry + 1})
                     continue
                 action = "rollback"
@@ -84,16 +88,18 @@ class FailurePolicy:
                 # The release goes no further: the others stop first, then settle_all rolls back (for rollback)
                 # this deploy and what the others put in step.env or left untested, held rollback included.
                 if action == "rollback" and by is not None:
-                    result.settled = await self.roll_back(d, step, by)
+                    result.settled = await self.roll_back(d, step, by, identity)
                 self.stop_all = (result, step.env, action)
                 raise ApplicationError(failure, type=getattr(cause, "type", None), non_retryable=True)
-            result.settled = await self.roll_back(d, step, by) if action == "rollback" else f"left {step.env} as it is"
+            result.settled = (
+                await self.roll_back(d, step, by, identity) if action == "rollback" else f"left {step.env} as it is"
+            )
             return result
 
-    async def roll_back(self, d: DeployInfo, step: StepInput, by: str | None) -> str:
+    async def roll_back(self, d: DeployInfo, step: StepInput, by: str | None, identity: str = "") -> str:
         """Roll back d in step.env (under the lock the caller owns); what the environment holds now."""
         self.run.note(step, "running", "rollback")
-        request = RollbackRequest(step=step.model_copy(update={"retry": 0}), by=by)
+        request = RollbackRequest(step=step.model_copy(update={"retry": 0}), by=by, identity=identity)
         result, _ = await whole(start_rollback(request))
         restored = result.artifact or "nothing"
         cell = self.run.deploy(d.deploy_key).cells[step.env]
@@ -145,8 +151,8 @@ class FailurePolicy:
                 await self.locks.move(d, give_back=[place])
         return settled
 
-    async def _hold(self, d: DeployInfo, step: StepInput, failure: str) -> tuple[str, str]:
-        """Wait for a person's decision on d: ("retry" or "rollback", who)."""
+    async def _hold(self, d: DeployInfo, step: StepInput, failure: str) -> tuple[str, Decision]:
+        """Wait for a person's decision on d: ("retry" or "rollback", the decision as they sent it)."""
         deploy = self.run.deploy(d.deploy_key)
         self.held[d.deploy_key] = step.env
         deploy.cells[step.env].status = "held"
@@ -176,17 +182,19 @@ class FailurePolicy:
             if len(held) > 1:
                 names = ", ".join(d.container_id for d in held)
                 raise ValueError(f"release {key} holds several deploys ({names}): say which with --deploy")
-            return held[0]
-        found = next((d for d in held if decision.deploy in (d.container_id, d.deploy_key)), None)
-        if found is None:
-            names = ", ".join(d.container_id for d in held)
-            raise ValueError(f"release {key} does not hold {clip(decision.deploy)!r}; held: {names}")
+            found = held[0]
+        else:
+            found = next((d for d in held if decision.deploy in (d.container_id, d.deploy_key)), None)  # type: ignore[assignment]
+            if found is None:
+                names = ", ".join(d.container_id for d in held)
+                raise ValueError(f"release {key} does not hold {clip(decision.deploy)!r}; held: {names}")
+        check_actor(self.run.info, check_approver(decision.approver), self.held[found.deploy_key])
         return found
 
     def decide(self, decision: Decision, action: str) -> DecisionReply:
         deploy = self.held_deploy(decision, action)
         approver = check_approver(decision.approver)
-        self.decisions[deploy.deploy_key] = (action, approver)
+        self.decisions[deploy.deploy_key] = (action, decision)
         self.run.event(f"{action} of {deploy.artifact} asked by {approver}")
         state = self.run.state
         return DecisionReply(

@@ -11,9 +11,11 @@ from datetime import datetime
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from orchestrator.flow.approvals import Approvals
+    from orchestrator.access import check_actor
     from orchestrator.flow.release_run import ReleaseRun
+    from orchestrator.flow.steps import record
     from orchestrator.freeze import frozen_until
+    from orchestrator.names import check_approver
     from shared import (
         CANCELLED,
         ENVIRONMENTS,
@@ -24,14 +26,12 @@ with workflow.unsafe.imports_passed_through():
         StepInput,
         Unfreeze,
         UnfreezeReply,
-        check_approver,
     )
 
 
 class FreezeGate:
-    def __init__(self, run: ReleaseRun, approvals: Approvals) -> None:
+    def __init__(self, run: ReleaseRun) -> None:
         self.run = run
-        self.approvals = approvals
         # The environment each deploy waits to enter while it is frozen, by deploy key.
         self.waiting: dict[str, str] = {}
 
@@ -84,6 +84,8 @@ class FreezeGate:
             raise ValueError(f"release {key} is already unfrozen by {state.unfrozen_by}")
         if not self.waiting:
             raise ValueError(f"release {key} is not frozen ({state.status}): nothing waits for a freeze to end")
+        for env in sorted(set(self.waiting.values()), key=ENVIRONMENTS.index):
+            check_actor(self.run.info, approver, env)
         return approver
 
     async def apply(self, request: Unfreeze) -> UnfreezeReply:
@@ -91,11 +93,5 @@ class FreezeGate:
         environments = sorted(set(self.waiting.values()), key=ENVIRONMENTS.index)
         state.unfrozen_by, state.unfrozen_at = approver, workflow.now()
         self.run.event(f"freeze of {', '.join(environments)} overridden by {approver} for this release")
-        await self.approvals.record(
-            approver,
-            [state.release_key],
-            summary=f"record unfreeze by {approver}",
-            step="unfreeze",
-            environments=environments,
-        )
+        await record(self.run, "unfreeze", approver, [state.release_key], environments, request.identity)
         return UnfreezeReply(release_key=state.release_key, status=state.status, environments=environments)

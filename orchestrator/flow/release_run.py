@@ -11,8 +11,9 @@ from temporalio import workflow
 from temporalio.common import SearchAttributeKey
 
 with workflow.unsafe.imports_passed_through():
+    from orchestrator.names import clip, one_line
     from orchestrator.render import render_details
-    from shared import EVENT_CHARS, EVENTS_KEPT, RUNNING, Cell, DeployState, ReleaseInfo, ReleaseState, StepInput, clip
+    from shared import EVENT_CHARS, EVENTS_KEPT, RUNNING, Cell, DeployState, ReleaseInfo, ReleaseState, StepInput
 
 # Registered by `make server` and the tests; on Temporal Cloud, create them in the namespace.
 RELEASE_KEY_ATTRIBUTE = SearchAttributeKey.for_keyword("ReleaseKey")
@@ -64,7 +65,7 @@ class ReleaseRun:
         deploy = self.deploy(step.deploy.deploy_key)
         cell = deploy.cells[step.env]
         cell.status, cell.step = status, verb  # type: ignore[assignment]
-        deploy.waiting_for = note if status == "waiting" else None
+        deploy.waiting_for = one_line(note) if status == "waiting" and note else None
         if note:
             self.event(f"{deploy.artifact} waits for {note}")
         if attempts:
@@ -78,7 +79,7 @@ class ReleaseRun:
         self.show()
 
     def event(self, text: str) -> None:
-        self.state.events.append(clip(f"{workflow.now():%H:%M:%S} {text}", EVENT_CHARS))
+        self.state.events.append(clip(f"{workflow.now():%H:%M:%S} {one_line(text)}", EVENT_CHARS))
         del self.state.events[:-EVENTS_KEPT]
         self.state.event_count += 1
         self.show()
@@ -91,14 +92,17 @@ class ReleaseRun:
         self.show()
 
     def resume(self, waited: str, to: str = RUNNING) -> None:
-        """The last wait that set status `waited` (FROZEN, HELD) is over: status `to`, if nothing changed it since."""
-        if self.state.status == waited:
+        """The last wait that set status `waited` (FROZEN, HELD) is over: status `to`, if nothing changed it since.
+
+        Waits call this in `finally`, which also runs when the worker evicts the run from its cache (the coroutine
+        is closed outside the workflow's loop): then there is no run to change, and nothing is done."""
+        if self.state.status == waited and workflow.in_workflow():
             self.set_status(to)
 
     def finish(self, status: str, error: str | None = None) -> None:
         """The release ended with status (and error); cells still open say it stopped there."""
         self.close_cells()
-        self.state.error = error
+        self.state.error = one_line(error) if error else None
         self.set_status(status)
 
     def close_cells(self) -> None:

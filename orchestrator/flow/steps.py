@@ -22,7 +22,8 @@ with workflow.unsafe.imports_passed_through():
     from orchestrator.errors import NON_RETRYABLE_ERRORS, root_cause
     from orchestrator.flow.release_run import ReleaseRun
     from orchestrator.locks import LockActivities, LockAnswer, LockMove
-    from shared import RollbackRequest, StepInput, StepResult, clip, step_summary
+    from orchestrator.names import clip
+    from shared import DecisionRecord, RollbackRequest, StepInput, StepResult, step_summary
 
 T = TypeVar("T")
 
@@ -111,6 +112,30 @@ async def move_locks(move: LockMove) -> list[LockAnswer]:
         retry_policy=LOCK_MOVE_RETRY,
         summary=clip(summary, 200),
     )
+
+
+async def record(
+    run: ReleaseRun,
+    step: str,
+    by: str,
+    deploy_keys: list[str],
+    environments: list[str] = (),  # type: ignore[assignment]
+    identity: str = "",
+    summary: str | None = None,
+) -> None:
+    """Record a person's decision in the ledger: step approve, unfreeze, start, cancel or retry (DecisionRecord)."""
+    decision = DecisionRecord(
+        release_key=run.state.release_key,
+        run_id=workflow.info().run_id,
+        by=by,
+        at=workflow.now(),
+        deploy_keys=deploy_keys,
+        step=step,  # type: ignore[arg-type]
+        environments=list(environments),  # type: ignore[arg-type]
+        identity=identity,
+    )
+    summary = summary or (f"record {step} by {by}" if step != "approve" else f"record approval by {by}")
+    await bookkeeping(ReleaseActivities.record_approval, decision, summary)
 
 
 def message_of(err: BaseException) -> str:
