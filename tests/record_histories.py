@@ -29,8 +29,8 @@ from workflows import ReleaseWorkflow
 HISTORIES = Path(__file__).parent / "histories"
 # The baseline these files are recorded from (the project's version, major.minor), and the one before it, whose
 # lock histories must still replay; older baselines are removed (docs/design.md, Versioning).
-BASELINE = "1.0"
-PREVIOUS_BASELINE: str | None = None
+BASELINE = "1.1"
+PREVIOUS_BASELINE: str | None = "1.0"
 
 # scenario: (release key, failure injector, whether the release succeeds)
 SCENARIOS = {
@@ -51,6 +51,8 @@ SCENARIOS = {
     "hold": ("RELEASE-JAN-24-ALPHA-QC-HOLD", FailureInjector("never"), False),
     # rollback-env QC frontend after INITIAL and HOTFIX-STAGE: frontend 1.0 back in QC.
     "rollback-env": ("ROLLBACK-QC-frontend", FailureInjector("never"), True),
+    # examples/approvers.json: PROD needs two approvers, not the starter; a refused Signal, then two Updates.
+    "entry-approvals": ("RELEASE-NOV-23-INITIAL", FailureInjector("never"), True),
     # INITIAL and HOTFIX-STAGE at once: their deploys queue for the same targets' locks.
     "race": ("RELEASE-NOV-23-HOTFIX-STAGE", FailureInjector("never"), True),
 }
@@ -59,6 +61,7 @@ CATALOGS = {
     "freeze": EXAMPLES / "freeze.json",
     "rollback": EXAMPLES / "rollback.json",
     "hold": EXAMPLES / "rollback.json",
+    "entry-approvals": EXAMPLES / "approvers.json",
 }
 FAILING = {
     "gate-failure": ("sbstore-1.0", "QC", "security"),
@@ -99,7 +102,20 @@ async def decide_when_held(handle: WorkflowHandle) -> None:
     await handle.signal("rollback", Decision(approver="recorder"))
 
 
-PEOPLE = {"approvals": approve_when_held, "freeze": unfreeze_when_frozen, "hold": decide_when_held}
+async def approve_entry(handle: WorkflowHandle) -> None:
+    """The starter's own approval is refused (a Signal, ignored with an event); two approvers let it in."""
+    await until_status(handle, AWAITING_APPROVAL)
+    await handle.signal("approve", Approval(approver="alice", env="PROD"))
+    for name in ("bob", "carol"):
+        await handle.execute_update(ReleaseWorkflow.approve, Approval(approver=name, env="PROD"))
+
+
+PEOPLE = {
+    "approvals": approve_when_held,
+    "freeze": unfreeze_when_frozen,
+    "hold": decide_when_held,
+    "entry-approvals": approve_entry,
+}
 
 
 async def record(env: WorkflowEnvironment, scenario: str) -> list[Path]:
@@ -122,7 +138,10 @@ async def record(env: WorkflowEnvironment, scenario: str) -> list[Path]:
                 )
             handle = await env.client.start_workflow(
                 ReleaseWorkflow.run,
-                info or ReleaseRequest(release_key=key, now=True, by="recorder"),
+                info
+                or ReleaseRequest(
+                    release_key=key, now=True, by="alice" if scenario == "entry-approvals" else "recorder"
+                ),
                 id=f"release-{key}-{scenario}",
                 task_queue=task_queue,
             )
