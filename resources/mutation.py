@@ -66,7 +66,12 @@ TESTS_BY_MODULE = {
     "shared": {*UNIT, "tests/test_idempotency.py"},
     "orchestrator": {*UNIT, "tests/test_idempotency.py"},
     "activities": {*UNIT, "tests/test_idempotency.py", *WORKFLOW},
-    "orchestrator.flow": {*WORKFLOW, "tests/test_replay.py"},
+    "orchestrator.flow": {*WORKFLOW, "tests/test_replay.py", "tests/test_freeze.py", "tests/test_trust.py"},
+    "orchestrator.freeze": {*UNIT, "tests/test_freeze.py"},
+    # The trust boundary's rules: their own tests, and the adversary's.
+    "orchestrator.names": {*UNIT, "tests/test_trust.py"},
+    "orchestrator.access": {*WORKFLOW, "tests/test_trust.py"},
+    "orchestrator.ledger_chain": {*UNIT, "tests/test_trust.py"},
 }
 
 

@@ -130,7 +130,7 @@ FAULTS = [
     _fault(
         "a deploy no longer asks the ledger whether its version passed upstream",
         "promotable",
-        "    if not ledger.verified(d.container_id, d.version, upstream):\n",
+        "    if not proof.passed:\n",
         "    if False:\n",
         "test_promotion.py",
     ),
@@ -144,21 +144,14 @@ FAULTS = [
     _fault(
         "a test that failed its gate counts as a proof",
         "proof_of",
-        'entry.get("env")), entry.get("passed", True) is True\n',
-        'entry.get("env")), True\n',
-        "test_promotion.py",
-    ),
-    _fault(
-        "test lines written before quality gates no longer count as passed",
-        "proof_of",
-        'entry.get("passed", True) is True',
-        'entry.get("passed", False) is True',
+        'passed = entry.get("passed") is True',
+        "passed = True",
         "test_promotion.py",
     ),
     _fault(
         "the ledger's index learns no proofs",
         "ClaimIndex._index",
-        '            self.db.executemany(\n                "INSERT OR REPLACE INTO proofs VALUES (?, ?)",',
+        '            self.db.executemany(\n                "INSERT OR REPLACE INTO proofs VALUES (?, ?, ?)",',
         "            (lambda *_: None)(\n                None,",
         "test_promotion.py",
     ),
@@ -194,15 +187,15 @@ FAULTS = [
     _fault(
         "a gate failure retried",
         "NON_RETRYABLE_ERRORS",
-        "NotVerified, GateFailed, VerificationFailed)",
-        "NotVerified, VerificationFailed)",
+        "        GateFailed,\n",
+        "",
         "test_release_management.py",
     ),
     _fault(
         "a health failure retried",
         "NON_RETRYABLE_ERRORS",
-        "NotVerified, GateFailed, VerificationFailed)",
-        "NotVerified, GateFailed)",
+        "        VerificationFailed,\n",
+        "",
         "test_gates.py",
     ),
     _fault(
@@ -265,7 +258,7 @@ FAULTS = [
     ),
     _fault(
         "a freeze that begins while a deploy waits to enter is not waited out",
-        "Deploys._enter",
+        "Deploys._may_enter",
         "        await self.freeze.wait_out(step)\n",
         "        pass\n",
         "test_freeze.py",
@@ -280,14 +273,14 @@ FAULTS = [
     ),
     _fault(
         "the validator's 'skipped' rule removed",
-        "Approvals.check",
+        "Approvals._targets",
         "        if _skipped(deploy):\n",
         "        if False:\n",
         "test_approvals.py",
     ),
     _fault(
         "the validator's 'still gathering' rule removed",
-        "Approvals.check",
+        "Approvals._targets",
         "        if not state.deploys:\n",
         "        if False:\n",
         "test_approvals.py",
@@ -337,6 +330,76 @@ FAULTS = [
         "    if result is None:\n        return 2",
         "test_cli.py",
         "test_first_minutes.py",
+    ),
+    # --- the trust boundary (issue 18)
+    _fault(
+        "a start that carries its own deploys is believed",
+        "ReleaseWorkflow._started_by_1_0",
+        'if workflow.patched("trust-boundary"):',
+        "if False:",
+        "test_workflows.py",
+        "test_trust.py",
+    ),
+    _fault(
+        "a test line without a verdict counts as a pass",
+        "proof_of",
+        'passed = entry.get("passed") is True',
+        'passed = entry.get("passed", True) is True',
+        "test_promotion.py",
+        "test_trust.py",
+    ),
+    _fault(
+        "a promotion copies whatever bytes sit upstream",
+        "promotable",
+        "    if sha256_of(path) != proof.digest:\n        raise changed\n",
+        "",
+        "test_promotion.py",
+        "test_trust.py",
+    ),
+    _fault(
+        "an edited line does not break the chain",
+        "Chain._next",
+        "        if link != self.head:\n",
+        "        if link != self.head and False:\n",
+        "test_ledger.py",
+        "test_trust.py",
+    ),
+    _fault(
+        "the worker follows symbolic links",
+        "Workspace.inside",
+        "            if here.is_symlink():\n",
+        "            if False:\n",
+        "test_trust.py",
+    ),
+    _fault(
+        "a short option's path is not checked",
+        "_escapes",
+        "        candidates.append(arg[2:])",
+        "        pass",
+        "test_trust.py",
+        "test_step_commands.py",
+    ),
+    _fault(
+        "anyone may act in an environment with approvers",
+        "check_actor",
+        "if approvers is not None and name not in approvers:",
+        "if False:",
+        "test_trust.py",
+    ),
+    _fault(
+        "the starter approves their own release's entry",
+        "check_entry_approver",
+        "if access.prevent_self_approval and name == release.started_by:",
+        "if False:",
+        "test_trust.py",
+    ),
+    _fault(
+        "inventory exits 0 whatever it found",
+        "print_inventory",
+        "return 0 if inv.trusted() else 1",
+        "return 0",
+        "test_inventory.py",
+        "test_trust.py",
     ),
 ]
 
@@ -395,7 +458,8 @@ def copy_repo(into: Path) -> None:
 
 def trial(fault: Fault, whole_suite: bool) -> tuple[str, str]:
     """(verdict, detail): caught, MISSED or stale."""
-    with tempfile.TemporaryDirectory(prefix="fault-") as tmp:
+    # A test stopped by -x can leave a process that still writes there (a venv being made): cleanup tolerates it.
+    with tempfile.TemporaryDirectory(prefix="fault-", ignore_cleanup_errors=True) as tmp:
         root = Path(tmp)
         copy_repo(root)
         try:
