@@ -18,7 +18,7 @@ alive = [ -f $(1) ] && ps -o stat= -p "$$(cat $(1))" 2>/dev/null | grep -qv '^Z'
 DETACH := $(shell command -v setsid 2>/dev/null) nohup
 WORKSPACE := $(or $(RELEASE_WORKSPACE),.)
 
-.PHONY: help install demo server worker release stop stop-worker kill-worker test chaos faults mutation histories bench screenshots lint clean-workspace
+.PHONY: help install demo demo-postgres server worker release stop stop-worker kill-worker test chaos faults mutation histories bench screenshots lint clean-workspace
 
 help:
 	@echo "make demo    install, start a dev server and a worker, run the INITIAL release"
@@ -28,6 +28,7 @@ help:
 	@echo "make faults  plant known faults in a copy of the repo, one at a time; each must fail a test"
 	@echo "make mutation  mutation testing of the core modules; prints the score per file and the survivors"
 	@echo "make bench   time releases against the Temporal floor on its own server and workers; a table and bench.json"
+	@echo "make demo-postgres  the demo with the ledger in a local PostgreSQL (LEDGER_URL)"
 	@echo "make server | worker | stop-worker | kill-worker | release KEY=... | histories | screenshots | lint | clean-workspace"
 
 $(STAMP): pyproject.toml
@@ -94,6 +95,11 @@ demo: release
 	@for env in DEV TEST QC PROD; do printf '  %-5s %s\n' $$env "$$(ls -p $(WORKSPACE)/environments/$$env | grep -v / | tr '\n' ' ')"; done
 	@echo "Web UI: $(UI)/namespaces/default/workflows   (make stop ends the worker and server)"
 
+# The same demo with the ledger in a local PostgreSQL (resources/local_postgres.py; make stop stops it too).
+demo-postgres: $(STAMP)
+	@url="$$($(PY) resources/local_postgres.py start)" || exit 1; \
+	echo "LEDGER_URL=$$url"; LEDGER_URL="$$url" $(MAKE) --no-print-directory demo
+
 # Stop what make started: SIGTERM, then SIGKILL if it is still there after 10 s.
 stop_pid = if $(call alive,$(STATE)/$(1).pid); then \
 	  pid=$$(cat $(STATE)/$(1).pid); kill $(2) $$pid; \
@@ -104,6 +110,7 @@ stop_pid = if $(call alive,$(STATE)/$(1).pid); then \
 
 stop: stop-worker
 	@$(call stop_pid,server)
+	@if [ -x $(PY) ]; then $(PY) resources/local_postgres.py stop; fi
 
 # Ctrl+C for the background worker: steps in flight get 5 s to finish.
 stop-worker:

@@ -19,7 +19,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError, CancelledError, FailureError
 
 from orchestrator.command_runner import CommandCancelled, CommandError, Liveness
-from orchestrator.errors import ReleaseError
+from orchestrator.errors import LedgerUnavailable, ReleaseError
 from orchestrator.names import clip
 from release_management import ReleaseManagement
 from shared import (
@@ -198,6 +198,10 @@ class ReleaseActivities:
             # A final one ends the release: its message names the step. A retried one is shown beside its step.
             message = clip(f"{what}: {e}" if not e.retryable else str(e), MESSAGE_MAX)
             raise ApplicationError(message, type=type(e).__name__, non_retryable=not e.retryable) from None
+        except LedgerUnavailable as e:
+            raise ApplicationError(
+                clip(f"{what}: {e}; the step is retried", MESSAGE_MAX), type="WorkspaceError"
+            ) from None
         except OSError as e:
             where = e.filename if e.filename is not None else self.rm.workspace
             raise ApplicationError(

@@ -31,7 +31,7 @@ from orchestrator.errors import (
     VerificationFailed,
 )
 from orchestrator.gates import Verdict, run_checks
-from orchestrator.ledger import Ledger
+from orchestrator.ledger import open_ledger
 from orchestrator.ledger_format import now_iso, step_line
 from orchestrator.names import clip, describe_validation_error
 from orchestrator.promotion import check_upstream, promotable
@@ -77,6 +77,7 @@ class ReleaseManagement(Workspace):
         failing_checks: frozenset[tuple[str, str, str]] = frozenset(),
         midway: AfterEffect | None = None,
         catalog_max_bytes: int = CATALOG_MAX_BYTES,
+        ledger_url: str | None = None,
     ) -> None:
         super().__init__(workspace)
         self.catalog_path = catalog
@@ -87,7 +88,7 @@ class ReleaseManagement(Workspace):
         self.failing_checks = failing_checks
         # Called by a deploy between its two writes, its artifact in place and its configuration not yet.
         self.midway = midway
-        self.ledger = Ledger(workspace / "ledger.jsonl")
+        self.ledger = open_ledger(workspace, ledger_url)
 
     # --- the catalog and approvals ---------------------------------------------------------------------------
 
@@ -249,7 +250,7 @@ class ReleaseManagement(Workspace):
             return StepOutcome("", False)
         self._work(live)
         old, applied = restore(self, step, lambda: self.midway("rollback", step, attempt) if self.midway else None)
-        entries = self.ledger.entries() if old else []  # a rollback is rare: a deploy must not pay for this
+        entries = self.ledger.target_entries(step.env, step.deploy.container_id) if old else []
         restored = holder_before(entries, step.env, step.deploy.container_id, step.run_id) if old else None
         self._effect_in_place("rollback", step, attempt)
         put_back = self.inside(self.env_dir(step.env) / old[0]) if old else None
@@ -293,7 +294,9 @@ class ReleaseManagement(Workspace):
 
     def rollback_choice(self, target: RollbackTarget) -> str:
         """The version a rollback-env puts back into its environment, as the ledger says now (see rollback_env)."""
-        return rollback_version(self.ledger.entries(), target.env, target.container, target.version)
+        return rollback_version(
+            self.ledger.target_entries(target.env, target.container), target.env, target.container, target.version
+        )
 
     def check_upstream(self, release: ReleaseInfo) -> None:
         """Refuse, before any starts, a release whose deploys cannot enter their first environment (promotion.py)."""

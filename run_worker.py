@@ -28,8 +28,9 @@ try:
     from activities import ReleaseActivities
     from orchestrator.catalog import check_failing_checks, load_catalog
     from orchestrator.errors import CatalogError, ReleaseError
+    from orchestrator.ledger import open_ledger
     from orchestrator.locks import LockActivities, TargetLockWorkflow
-    from orchestrator.settings import Settings
+    from orchestrator.settings import Settings, redacted
     from orchestrator.versioning import default_build_id, deployment_config, make_current, supported
     from orchestrator.worker_settings import check_running, settings_line, settings_of
     from release_management import ReleaseManagement
@@ -98,6 +99,9 @@ async def main(argv: list[str]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     build_id = settings.build_id or default_build_id()
+    if not (args.settings or args.check_running) and (problem := _ledger_problem(settings)) is not None:
+        print(f"error: {problem[1]}", file=sys.stderr)
+        return problem[0]
     if args.settings:
         print(settings_line(settings_of(settings, target, build_id)))
         return 0
@@ -130,6 +134,24 @@ async def main(argv: list[str]) -> int:
     return await serve(client, settings, target, build_id if versioned else None)
 
 
+def _ledger(settings: Settings) -> str:
+    return f", ledger {redacted(settings.ledger_url)}" if settings.ledger_url else ""
+
+
+def _ledger_problem(settings: Settings) -> tuple[int, str] | None:
+    """With LEDGER_URL: the database reached and its schema migrated to this code's; else (exit code, line)."""
+    if settings.ledger_url is None:
+        return None
+    ledger = open_ledger(settings.workspace, settings.ledger_url)
+    try:
+        ledger.migrate()
+    except OSError as e:  # LedgerUnavailable: the server is away, or refused the connection
+        return 3, f"{e}; start it, or unset LEDGER_URL for ledger.jsonl"
+    except ValueError as e:  # SchemaMismatch: a newer worker migrated it
+        return 2, str(e)
+    return None
+
+
 async def _versioned(client: Client, settings: Settings) -> bool | None:
     """Whether this worker runs as a worker version; None (said in one line) if it must and cannot."""
     if settings.versioning == "off":
@@ -155,6 +177,7 @@ async def serve(client: Client, settings: Settings, target: dict, build_id: str 
         settings.step_seconds,
         failing_checks=settings.failing_checks,
         catalog_max_bytes=settings.catalog_max_bytes,
+        ledger_url=settings.ledger_url,
     )
     failures = FailureInjector(
         settings.failure_rate, settings.failure_seed, at=settings.failure_at, action=settings.failure_action
@@ -187,7 +210,7 @@ async def serve(client: Client, settings: Settings, target: dict, build_id: str 
             print(
                 # The pid tells `make worker` this line is its worker's, not an earlier one's.
                 f"Worker ready (pid {os.getpid()}): {target['target_host']} namespace {target['namespace']}, "
-                f"task queue {settings.task_queue}, workspace {settings.workspace}, "
+                f"task queue {settings.task_queue}, workspace {settings.workspace}{_ledger(settings)}, "
                 f"failures {settings.failure_rate}{_hooks(settings)}, step {settings.step_seconds:g}s"
                 f"{_metrics(settings)}. "
                 "Ctrl+C stops it.",

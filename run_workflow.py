@@ -13,6 +13,7 @@
     .venv/bin/python run_workflow.py history ENV [CONTAINER]        # promotions and rollbacks into ENV, newest first
     .venv/bin/python run_workflow.py ledger verify                  # the ledger's hash chain, from its first line
     .venv/bin/python run_workflow.py ledger seal --by NAME --reason TEXT  # accept a break someone has looked at
+    .venv/bin/python run_workflow.py ledger export [FILE] | import FILE   # move a ledger between stores
 
 Starting a release that is already running attaches to it and follows it.
 KEY defaults to RELEASE-NOV-23-INITIAL; `--list` is an alias of `list`.
@@ -34,9 +35,10 @@ try:
     from orchestrator.cli.actions import approve, cancel, decide, list_releases, status, unfreeze
     from orchestrator.cli.diagnostics import UserError
     from orchestrator.cli.follower import start
-    from orchestrator.cli.ledger_checks import seal_ledger, verify_ledger
+    from orchestrator.cli.ledger_checks import ledger_command
     from orchestrator.errors import ReleaseError
     from orchestrator.inventory import check_environment, print_history, print_inventory
+    from orchestrator.ledger import open_ledger
     from orchestrator.names import check_approver, check_release_key, describe_validation_error, printable
     from orchestrator.settings import Settings
     from shared import DEFAULT_RELEASE_KEY, ReleaseRequest, RollbackTarget
@@ -119,6 +121,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ledger = subcommands.add_parser("ledger", help="check the ledger's hash chain, or seal a break")
     ledger_actions = ledger.add_subparsers(dest="ledger_action", required=True)
     ledger_actions.add_parser("verify", help="follow the hash chain from line 1; exit 1 where it breaks")
+    export = ledger_actions.add_parser("export", help="write every line, as stored, to a file (or stdout)")
+    export.add_argument("file", nargs="?", help="where to write (default: stdout)")
+    into = ledger_actions.add_parser("import", help="read a ledger file's lines into this ledger, which is empty")
+    into.add_argument("file", help="a ledger.jsonl, or what `ledger export` wrote")
     seal = ledger_actions.add_parser("seal", help="accept the chain's break, after looking at it: who and why")
     seal.add_argument("--by", required=True, dest="approver", help="who looked at the break and accepts it")
     seal.add_argument("--reason", required=True, help="what was found at the break")
@@ -165,13 +171,11 @@ async def main(argv: list[str]) -> int:
         settings = Settings.from_env()
         # These read the workspace only: no Temporal settings, catalog or server needed.
         if args.subcommand == "inventory":
-            return print_inventory(settings.workspace, args.json)
+            return print_inventory(settings.workspace, args.json, settings.ledger_url)
         if args.subcommand == "history":
-            return print_history(settings.workspace, args.env, args.container)
-        if args.subcommand == "ledger" and args.ledger_action == "verify":
-            return verify_ledger(settings.workspace)
+            return print_history(settings.workspace, args.env, args.container, settings.ledger_url)
         if args.subcommand == "ledger":
-            return seal_ledger(settings.workspace, check_approver(args.approver, "seals"), args.reason)
+            return ledger_command(args, open_ledger(settings.workspace, settings.ledger_url))
         target = connect_config()
         key, asked = prepare(args, settings)
     except (ValueError, ReleaseError) as e:

@@ -54,6 +54,11 @@ class InvalidInput(ReleaseError):
     """A release started with an input no person chooses (the worker's catalog gives the rest): nothing ran."""
 
 
+class LedgerUnavailable(OSError):
+    """The ledger's database cannot be reached, or failed mid-transaction: nothing was half-written, and the step
+    is retried (an OSError, as a workspace fault is) until it is back."""
+
+
 # Error types a retry cannot fix; the workflow lists them in its retry policies.
 NON_RETRYABLE_ERRORS = [
     c.__name__

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from orchestrator.ledger import Ledger
+from orchestrator.ledger import open_ledger
 from orchestrator.ledger_chain import Chain
 from orchestrator.ledger_format import is_claim
 from orchestrator.names import CONTAINER_ID, VERSION, clip
@@ -73,6 +73,7 @@ class Inventory:
     placements: dict[str, dict[str, Placement]]  # environment (promotion order) -> container (sorted) -> placement
     skipped: int  # ledger lines that could not be read
     chain: Chain = field(default_factory=Chain)  # the ledger's hash chain, as its lines say
+    ledger_name: str = "ledger.jsonl"
 
     def as_json(self) -> dict[str, dict[str, dict[str, str | None]]]:
         return {env: {c: h.as_json() for c, h in placed.items()} for env, placed in self.placements.items()}
@@ -139,25 +140,28 @@ def replay(entries: list[dict[str, object]]) -> tuple[dict[str, dict[str, Placem
     return {env: placed for env, placed in placements.items() if placed}, moves, skipped
 
 
-def inventory(workspace: Path) -> Inventory:
+def inventory(workspace: Path, ledger_url: str | None = None) -> Inventory:
     """What each environment holds as the ledger says, each entry with its drift from the folders."""
-    ledger = Ledger(workspace / "ledger.jsonl")
-    entries, unreadable = ledger.read()
+    ledger = open_ledger(workspace, ledger_url)
+    entries, unreadable, chain = ledger.inventory_view()
     placed, _, skipped = replay(entries)
     placements = {}
     for env in ENVIRONMENTS:
         found = _compared(workspace, env, placed.get(env, {}))
         if found:
             placements[env] = found
-    return Inventory(placements, len(unreadable) + skipped, ledger.verify())
+    return Inventory(placements, unreadable + skipped, chain, ledger.name)
 
 
-def history(workspace: Path, env: str, container: str | None = None) -> tuple[list[Move], int]:
-    """The promotions and rollbacks into env (of container, if given), newest first; and the skipped lines."""
-    entries, unreadable = Ledger(workspace / "ledger.jsonl").read()
+def history(
+    workspace: Path, env: str, container: str | None = None, ledger_url: str | None = None
+) -> tuple[list[Move], int, int]:
+    """The promotions and rollbacks into env (of container, if given), newest first (at least the HISTORY_MAX
+    newest); the skipped lines; and how many there are in all."""
+    entries, unreadable, total = open_ledger(workspace, ledger_url).history_view(env, container, HISTORY_MAX + 1)
     _, moves, skipped = replay(entries)
     mine = [m for m in reversed(moves) if m.env == env and container in (None, m.container)]
-    return mine, len(unreadable) + skipped
+    return mine, unreadable + skipped, len(mine) if total is None else total
 
 
 def check_environment(env: str) -> str:
@@ -184,50 +188,53 @@ def inventory_lines(inv: Inventory) -> list[str]:
     if doubtful:
         lines.append(_shown(clip(f"not verified where it runs: {', '.join(doubtful)}", DRIFT_MAX)))
     if inv.chain.broken_at is not None:
-        lines.append(inv.chain.describe("ledger.jsonl") + ": what it says after that line cannot be trusted")
+        lines.append(inv.chain.describe(inv.ledger_name) + ": what it says after that line cannot be trusted")
     return lines + _skipped(inv.skipped)
 
 
-def history_lines(moves: list[Move], env: str, container: str | None, skipped: int = 0) -> list[str]:
+def history_lines(
+    moves: list[Move], env: str, container: str | None, skipped: int = 0, total: int | None = None
+) -> list[str]:
     """A line per move, newest first (at most HISTORY_MAX), or one that says there is none."""
     if not moves:
         of = f" of {container}" if container else ""
         return [_shown(f"No promotions or rollbacks{of} into {env} in the ledger."), *_skipped(skipped)]
     rows = [[f"{_when(m.at)} UTC", m.container, m.version, _what(m)] for m in moves[:HISTORY_MAX]]
     lines = _table(None, rows)
-    if len(moves) > HISTORY_MAX:
-        lines.append(f"… and {len(moves) - HISTORY_MAX} older ones (the ledger, ledger.jsonl, has them all)")
+    total = len(moves) if total is None else total
+    if total > HISTORY_MAX:
+        lines.append(f"… and {total - HISTORY_MAX} older ones (the ledger has them all)")
     return lines + _skipped(skipped)
 
 
-def print_inventory(workspace: Path, as_json: bool) -> int:
+def print_inventory(workspace: Path, as_json: bool, ledger_url: str | None = None) -> int:
     """`run_workflow.py inventory [--json]`: the table, or the JSON (a note of skipped lines goes to stderr);
     exit 1 when something drifted or is not verified."""
     try:
-        inv = inventory(workspace)
+        inv = inventory(workspace, ledger_url)
     except OSError as e:
         raise ValueError(f"cannot read the workspace {workspace}: {e.strerror or e}") from None
     if not as_json:
         print("\n".join(inventory_lines(inv)))
     else:
         print(json.dumps(inv.as_json(), indent=2))
-        broken = [inv.chain.describe("ledger.jsonl")] if inv.chain.broken_at is not None else []
+        broken = [inv.chain.describe(inv.ledger_name)] if inv.chain.broken_at is not None else []
         for line in [*broken, *_skipped(inv.skipped)]:
             print(line, file=sys.stderr)
     # Exit 1, as diff does, when an environment holds something drifted or not verified there.
     return 0 if inv.trusted() else 1
 
 
-def print_history(workspace: Path, env: str, container: str | None) -> int:
+def print_history(workspace: Path, env: str, container: str | None, ledger_url: str | None = None) -> int:
     """`run_workflow.py history ENV [CONTAINER]`; ValueError for an unknown environment or an invalid container."""
     env = check_environment(env)
     if container is not None and not _valid(container, CONTAINER_ID):
         raise ValueError(f"container {clip(container)!r} is invalid: use lowercase letters, digits, '.', '_' and '-'")
     try:
-        moves, skipped = history(workspace, env, container)
+        moves, skipped, total = history(workspace, env, container, ledger_url)
     except OSError as e:
         raise ValueError(f"cannot read the workspace {workspace}: {e.strerror or e}") from None
-    print("\n".join(history_lines(moves, env, container, skipped)))
+    print("\n".join(history_lines(moves, env, container, skipped, total)))
     return 0
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,6 +20,16 @@ from orchestrator.ledger_index import ClaimIndex
 
 # How to accept a break in the chain, as refusals say it.
 SEAL_HINT = "run_workflow.py ledger seal --by NAME --reason TEXT"
+
+
+def open_ledger(workspace: Path, url: str | None = None) -> Ledger:
+    """The ledger a worker and the commands use: PostgreSQL where LEDGER_URL names it (orchestrator/ledger_pg.py),
+    else ledger.jsonl in the workspace. Both have this module's interface."""
+    if url:
+        from orchestrator.ledger_pg import PostgresLedger  # psycopg only where a database is used
+
+        return PostgresLedger(url)  # type: ignore[return-value]
+    return Ledger(workspace / "ledger.jsonl")
 
 
 class Ledger:
@@ -38,7 +48,32 @@ class Ledger:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.name = path.name  # what messages call it
         self.index = ClaimIndex(path.with_name(f"{path.stem}.index.sqlite"))
+
+    def migrate(self) -> int:
+        """Nothing to migrate in a file (PostgresLedger.migrate creates its tables)."""
+        return 0
+
+    def lines(self) -> list[str]:
+        """Every line as written (what `ledger export` copies), a torn last one left out."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return []
+        return [raw.decode("utf-8", "replace") for raw in split_lines(data) if raw.strip()]
+
+    def import_lines(self, raw_lines: Iterable[str]) -> Chain:
+        """Lines of another ledger, as they are, into an empty ledger file; ValueError if this one holds lines."""
+        with self._locked() as fd:
+            if os.fstat(fd).st_size:
+                raise ValueError(f"{self.path} holds lines: import into an empty ledger")
+            for line in raw_lines:
+                data = f"{line}\n".encode()
+                while data:
+                    data = data[os.write(fd, data) :]
+            os.fsync(fd)
+            return self._chain(fd)
 
     def record(self, entry: Mapping[str, object]) -> None:
         """Append entry as one line; O(1), whatever the ledger's size."""
@@ -120,6 +155,19 @@ class Ledger:
 
     def entries(self) -> list[dict[str, object]]:
         return self.read()[0]
+
+    # What inventory, history and rollback-env read: the whole file, each line once (PostgresLedger: indexed).
+
+    def inventory_view(self) -> tuple[list[dict[str, object]], int, Chain]:
+        entries, unreadable = self.read()
+        return entries, len(unreadable), self.verify()
+
+    def history_view(self, env: str, container: str | None, newest: int) -> tuple[list[dict[str, object]], int, None]:
+        entries, unreadable = self.read()
+        return entries, len(unreadable), None
+
+    def target_entries(self, env: str, container: str) -> list[dict[str, object]]:
+        return [e for e in self.entries() if e.get("env") == env and e.get("container") == container]
 
     def read(self) -> tuple[list[dict[str, object]], list[int]]:
         """The entries, and the 1-based numbers of lines that are not JSON objects (skipped)."""

@@ -46,7 +46,7 @@ class Chain:
         return chain
 
     def _next(self, raw: bytes) -> Chain:
-        number, entry = self.lines + 1, _parse(raw)
+        number, entry = self.lines + 1, parse_line(raw)
         link = entry.get(LINK) if entry is not None else None
         after = replace(self, lines=number, head=line_hash(raw))
         if not isinstance(link, str):
@@ -91,7 +91,8 @@ def last_line(tail: bytes) -> bytes | None:
     return lines[-1] if lines else None
 
 
-def _parse(raw: bytes) -> dict[str, object] | None:
+def parse_line(raw: bytes | str) -> dict[str, object] | None:
+    """A line as the JSON object it holds; None for anything else (a torn or hand-written line)."""
     try:
         value = json.loads(raw)
     except (ValueError, RecursionError):

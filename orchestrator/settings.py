@@ -53,6 +53,8 @@ class Settings:
     build_id: str | None = None
     # The largest catalog a gather reads (RELEASE_CATALOG_MAX_BYTES).
     catalog_max_bytes: int = 1_000_000
+    # The ledger's database (LEDGER_URL, postgresql://...); None: ledger.jsonl in the workspace.
+    ledger_url: str | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -80,7 +82,25 @@ class Settings:
             or default_deployment(env.get("RELEASE_TASK_QUEUE") or TASK_QUEUE),
             build_id=_named("WORKER_BUILD_ID", env.get("WORKER_BUILD_ID", ""), BUILD_ID) or None,
             catalog_max_bytes=_bytes("RELEASE_CATALOG_MAX_BYTES", env.get("RELEASE_CATALOG_MAX_BYTES", "1000000")),
+            ledger_url=_ledger_url(env.get("LEDGER_URL", "").strip()),
         )
+
+
+def _ledger_url(url: str) -> str | None:
+    if not url:
+        return None
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise ValueError(f"LEDGER_URL={clip(redacted(url))!r} is not a postgresql:// URL (unset it for ledger.jsonl)")
+    return url
+
+
+def redacted(url: str) -> str:
+    """url with its password, if any, as ***: what logs and the settings line may show."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, place = rest.rpartition("@")
+    if not sep or not at or ":" not in credentials:
+        return url
+    return f"{scheme}://{credentials.split(':', 1)[0]}:***@{place}"
 
 
 def default_deployment(task_queue: str) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from orchestrator.settings import Settings, default_deployment
+from orchestrator.settings import Settings, default_deployment, redacted
 
 # The settings a worker runs with, in a fixed order: `make worker` compares a running
 # worker's (recorded in .temporal/worker.settings) with those an invocation asks for.
@@ -34,6 +34,7 @@ OPTIONAL_DEFAULTS = {
     "FAILING_CHECKS": "",
     "WORKER_VERSIONING": "auto",
     "WORKER_DEPLOYMENT": "",
+    "LEDGER_URL": "",
 }
 # Derived from the code unless set: a restart picks the new value up by itself, so a hint never repeats it.
 DERIVED = ("WORKER_BUILD_ID",)
@@ -63,6 +64,8 @@ def settings_of(settings: Settings, target: dict, build_id: str) -> dict[str, st
         "WORKER_DEPLOYMENT": ""
         if settings.deployment == default_deployment(settings.task_queue)
         else settings.deployment,
+        # Its password never shown: libpq reads PGPASSWORD or ~/.pgpass, which the settings line leaves out.
+        "LEDGER_URL": redacted(settings.ledger_url or ""),
     }
     return {name: values[name] for name in SETTING_NAMES} | {
         name: value for name, value in optional.items() if value != OPTIONAL_DEFAULTS[name]

@@ -670,6 +670,7 @@ class Bench:
     bench_metrics_port: int
     figures: dict = field(default_factory=dict)
     failed: list[dict] = field(default_factory=list)
+    pg: Any = None  # the PostgreSQL server of the throughput case with the ledger there
 
     @asynccontextmanager
     async def phase(self, name: str) -> AsyncIterator[None]:
@@ -722,6 +723,8 @@ class Bench:
                 STARTED.remove(server.proc)
         async with self.phase("ledger figures"):
             await self.ledger()
+        async with self.phase("ledger figures (PostgreSQL)"):
+            await self.ledger_postgres()
 
     async def on_server(self, server: Server) -> None:
         s, cfg = server.name, self.config
@@ -741,6 +744,11 @@ class Bench:
         for count in cfg.throughput:
             async with self.phase(f"throughput, {count} releases at once ({s})"):
                 await self.throughput(server, count)
+        if s == "persisted":
+            # The same case with the ledger in PostgreSQL, as workers on several machines would keep it.
+            for count in cfg.throughput:
+                async with self.phase(f"throughput, {count} releases at once ({s}, PostgreSQL ledger)"):
+                    await self.throughput(server, count, postgres=True)
 
     async def latencies(
         self, server: Server, group: WorkerGroup | None, floor_tq: str, last_run: list[tuple[str, int]]
@@ -873,15 +881,18 @@ class Bench:
         finally:
             group.stop()
 
-    async def throughput(self, server: Server, count: int) -> None:
+    async def throughput(self, server: Server, count: int, postgres: bool = False) -> None:
         s = server.name
-        label = f"tp{count}-{s}"
-        prefix = f"t{count}{s[0]}"
+        label = f"tp{count}-{s}{'-pg' if postgres else ''}"
+        prefix = f"t{count}{s[0]}{'p' if postgres else ''}"
         catalog = self.tmp / f"catalog-{label}.json"
         entries = catalog_of(count, prefix)
         catalog.write_text(json.dumps(entries))
         keys = [r["release_key"] for r in entries["releases"]]
-        group = await WorkerGroup(server, self.tmp, label, RELEASE_CATALOG=str(catalog)).start(self.config.workers)
+        store = {"LEDGER_URL": self.postgres().new_database()} if postgres else {}
+        group = await WorkerGroup(server, self.tmp, label, RELEASE_CATALOG=str(catalog), **store).start(
+            self.config.workers
+        )
         try:
             before = await group.scrape()
             cpu_before = group.cpu_seconds(), server.proc.cpu_seconds()
@@ -915,7 +926,7 @@ class Bench:
                 "cpu_seconds": {"worker": worker_cpu, "server": server_cpu},
                 "metrics": metric_means(before, after),
             }
-            self.put(f"{s}.throughput.{count}", figures)
+            self.put(f"{s}.throughput{'_postgres' if postgres else ''}.{count}", figures)
             progress(
                 f"  {len(done)} releases in {wall:.1f} s (all started after {started:.1f} s): "
                 f"{len(done) / wall:.2f} releases/s; CPU worker {worker_cpu:.0f} s, server {server_cpu:.0f} s; "
@@ -931,6 +942,22 @@ class Bench:
                 raise PhaseError(f"{len(bad)} of {count} releases did not succeed, say: {describe_outcome(bad[0])}")
         finally:
             group.stop()
+
+    def postgres(self) -> Any:
+        """This run's PostgreSQL server (tests/postgres.py), started the first time it is asked for."""
+        if self.pg is None:
+            if str(REPO) not in sys.path:
+                sys.path.insert(0, str(REPO))  # tests/ is not installed with the project
+            from tests.postgres import PostgresServer
+
+            self.pg = PostgresServer.start()
+        return self.pg
+
+    async def ledger_postgres(self) -> None:
+        from bench_ledger_pg import postgres_figures  # type: ignore[import-not-found]
+
+        lines = 100_000 if self.config.quick else 1_000_000
+        self.put("ledger_postgres", await asyncio.to_thread(postgres_figures, 10 if self.config.quick else 30, lines))
 
     async def ledger(self) -> None:
         try:
@@ -1085,6 +1112,21 @@ def rows_of(b: Bench) -> list[dict]:
     elif b.get("memory.metrics") is not None:
         row("Worker metrics", "skipped: the worker serves no metrics (WORKER_METRICS_PORT)")
 
+    for count, tp in sorted((b.get("persisted.throughput_postgres") or {}).items(), key=lambda kv: int(kv[0])):
+        cut = f"; only {tp['finished']} finished" if tp["finished"] < tp["releases"] else ""
+        file_tp = (b.get("persisted.throughput") or {}).get(count)
+        versus = f", {tp['releases_per_second'] / file_tp['releases_per_second']:.2f}x the file's" if file_tp else ""
+        row(
+            f"Throughput, {count} releases at once (persisted, {tp['workers']} worker(s), ledger in PostgreSQL)",
+            f"{tp['releases_per_second']:.2f} releases/s (wall {secs(tp['wall_seconds'])}{cut}{versus})",
+        )
+    for key, value in flat(b.get("ledger_postgres") or {}):
+        if "ratio" in key:
+            row(f"Ledger in PostgreSQL: {key}", f"{value:.2f}x", "≤ 2x", value <= 2)
+        elif key.endswith("_s"):
+            row(f"Ledger in PostgreSQL: {key}", secs(value))
+        else:
+            row(f"Ledger in PostgreSQL: {key}", f"{value:.4g}")
     ledger = b.get("ledger")
     if isinstance(ledger, dict) and "skipped" in ledger:
         row("Ledger figures", f"skipped: {ledger['skipped']}")
@@ -1187,6 +1229,8 @@ async def main(cfg: Config) -> int:
         print("bench interrupted: stopping what it started", file=sys.stderr, flush=True)
     finally:
         stop_all()
+        if bench.pg is not None:
+            bench.pg.remove()
         if cfg.keep:
             print(f"kept {tmp}: the servers' and workers' logs, workspaces and database", file=sys.stderr, flush=True)
         else:

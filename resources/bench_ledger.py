@@ -11,6 +11,7 @@ it, so the figures depend on the disk; the ratios (100k / 10) are what should st
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -19,7 +20,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -36,19 +37,19 @@ STEPS = [("build", c, "DEV") for c in CONTAINERS] + [
 ]
 
 
-def lines(n: int, seed: int = 1) -> list[dict[str, object]]:
-    """n ledger lines as a workspace accumulates them: run after run, each step applied once, a few retried."""
+def generate(seed: int = 1) -> Iterator[dict[str, object]]:
+    """Ledger lines as a workspace accumulates them, without end: run after run, each step applied once, a few
+    retried."""
     rng = random.Random(seed)
     at = datetime(2024, 1, 1, tzinfo=UTC)
-    out: list[dict[str, object]] = []
-    while len(out) < n:
+    while True:
         run_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
         release = rng.choice(["RELEASE-NOV-23-INITIAL", "RELEASE-NOV-23-HOTFIX-STAGE", "RELEASE-JAN-24-ALPHA-DEV"])
         for verb, container, env in STEPS:
             for attempt in range(1, 3 if rng.random() < 0.05 else 2):
                 started = at
                 at += timedelta(milliseconds=rng.randint(5, 900))
-                entry = {
+                yield {
                     "release_key": release,
                     "run_id": run_id,
                     "deploy_key": f"{release}:{container}",
@@ -61,8 +62,11 @@ def lines(n: int, seed: int = 1) -> list[dict[str, object]]:
                     "at": at.isoformat(timespec="milliseconds"),
                     "applied": attempt == 1,
                 }
-                out.append(entry)
-    return out[:n]
+
+
+def lines(n: int, seed: int = 1) -> list[dict[str, object]]:
+    """The first n lines of generate(seed)."""
+    return list(itertools.islice(generate(seed), n))
 
 
 def write(path: Path, entries: list[dict[str, object]]) -> None:

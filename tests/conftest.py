@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +14,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from orchestrator.flow.release_run import RELEASE_KEY_ATTRIBUTE, RELEASE_STATUS_ATTRIBUTE
 from release_management import ReleaseManagement
+from tests.postgres import PostgresServer
 
 REPO = Path(__file__).resolve().parents[1]
 CATALOG = REPO / "releases.json"
@@ -55,6 +56,20 @@ async def dev_server() -> AsyncIterator[WorkflowEnvironment]:
     )
     yield env
     await env.shutdown()
+
+
+# One PostgreSQL server per test process (it takes a second or two to start), a database per test.
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    server = PostgresServer.start()
+    yield server
+    server.remove()
+
+
+@pytest.fixture
+def ledger_url(postgres_server: PostgresServer) -> str:
+    """A PostgreSQL database of this test's own, empty: the ledger's LEDGER_URL."""
+    return postgres_server.new_database()
 
 
 def target_of(env: WorkflowEnvironment) -> str:

@@ -203,13 +203,13 @@ async def test_history_lists_promotions_newest_first(rm: ReleaseManagement, tmp_
     ]
     assert all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC  frontend  1\.\d  promoted by .*", s) for s in lines)
 
-    moves, skipped = history(tmp_path, "DEV")
+    moves, skipped, total = history(tmp_path, "DEV")
     assert [(m.container, m.version, m.release_key) for m in moves[:3]] == [
         ("backendforfrontend", "1.8", ALPHA_DEV),
         ("sbstore", "1.8", ALPHA_DEV),
         ("frontend", "1.2", ALPHA_DEV),
     ]
-    assert (len(moves), skipped) == (9, 0)
+    assert (len(moves), skipped, total) == (9, 0, 9)
 
     code, out, err = await cli(tmp_path, "history", "prod", "sbstore")
     assert (code, len(out.splitlines()), err) == (0, 1, "")
