@@ -121,7 +121,7 @@ kill-worker:
 	@$(call stop_pid,worker,-9)
 
 # Tests mostly wait (on servers, timers, other processes), so they run TEST_WORKERS at a time.
-TEST_WORKERS ?= 4
+TEST_WORKERS ?= 6
 test: $(STAMP)
 	$(PY) -m pytest -n $(TEST_WORKERS) --maxschedchunk 1
 

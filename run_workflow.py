@@ -118,6 +118,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     history = subcommands.add_parser("history", help="the promotions and rollbacks into an environment, newest first")
     history.add_argument("env", metavar="ENV", help="DEV, TEST, QC or PROD")
     history.add_argument("container", metavar="CONTAINER", nargs="?", help="only this container")
+    _add_ledger(subcommands)
+    return parser.parse_args(argv)
+
+
+def _add_ledger(subcommands: argparse._SubParsersAction) -> None:
+    """`ledger verify | seal | export | import`: the ledger itself, no Temporal needed."""
     ledger = subcommands.add_parser("ledger", help="check the ledger's hash chain, or seal a break")
     ledger_actions = ledger.add_subparsers(dest="ledger_action", required=True)
     ledger_actions.add_parser("verify", help="follow the hash chain from line 1; exit 1 where it breaks")
@@ -128,7 +134,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     seal = ledger_actions.add_parser("seal", help="accept the chain's break, after looking at it: who and why")
     seal.add_argument("--by", required=True, dest="approver", help="who looked at the break and accepts it")
     seal.add_argument("--reason", required=True, help="what was found at the break")
-    return parser.parse_args(argv)
 
 
 def prepare(args: argparse.Namespace, settings: Settings) -> tuple[str, ReleaseRequest | list[str] | None]:

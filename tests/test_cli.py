@@ -132,6 +132,7 @@ async def test_start_exits_0_when_the_release_succeeds_and_1_when_it_fails(
     assert stopped == 0, (tmp_path / "worker.log").read_text()
 
 
+@pytest.mark.slow(20)
 async def test_no_worker_exits_3_and_says_so_then_a_cancel_ends_the_release(
     dev_server: WorkflowEnvironment, tmp_path: Path
 ) -> None:

@@ -55,6 +55,7 @@ async def test_a_fleet_shares_the_work_and_one_survivor_finishes(
     assert unique_steps(ledger) == (STEPS, STEPS)
 
 
+@pytest.mark.slow(15)
 async def test_ctrl_c_stops_a_worker_cleanly_and_the_next_one_finishes(
     dev_server: WorkflowEnvironment, tmp_path: Path
 ) -> None:

@@ -133,6 +133,7 @@ async def test_the_database_refuses_edits_and_an_edited_import_waits_for_a_seal(
     assert (await cli(tmp_path, "ledger", "verify", LEDGER_URL=ledger_url))[0] == 0
 
 
+@pytest.mark.slow(15)
 async def test_a_ledger_moves_to_postgres_and_back_with_the_same_inventory(tmp_path: Path, ledger_url: str) -> None:
     rm = ReleaseManagement(tmp_path, CATALOG)
     released(rm)

@@ -14,11 +14,12 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from orchestrator.ledger_pg import PostgresLedger
-from shared import ENVIRONMENTS
+from shared import ENVIRONMENTS, ReleaseRequest
 from tests.conftest import CATALOG, target_of
 from tests.observer import LandingObserver
 from tests.postgres import PostgresServer
 from tests.support import WorkerProcess, run_script, script_env, stopped_at_the_end, task_queue, until
+from workflows import ReleaseWorkflow
 
 KEY = "RELEASE-NOV-23-INITIAL"
 ARTIFACTS = ["backendforfrontend-1.0", "frontend-1.0", "sbstore-1.0"]
@@ -93,8 +94,18 @@ async def test_eight_releases_racing_for_one_environment_leave_the_last_deploy_r
         RELEASE_CATALOG=str(path),
     )  # fmt: skip
     with stopped_at_the_end([WorkerProcess(env, tmp_path / f"w{i}.log").start() for i in range(2)]):
-        results = await asyncio.gather(*(run_script(["--release-key", f"RACE-{i}"], env, limit=240) for i in range(8)))
-    assert [code for code, _ in results] == [0] * 8, [out for _, out in results]
+        # Started at once by one client (eight starter processes would only cost CPU): the workers race.
+        handles = await asyncio.gather(
+            *(
+                dev_server.client.start_workflow(
+                    ReleaseWorkflow.run, ReleaseRequest(release_key=f"RACE-{i}", now=True), id=f"release-RACE-{i}",
+                    task_queue=env["RELEASE_TASK_QUEUE"],
+                )
+                for i in range(8)
+            )
+        )  # fmt: skip
+        results = await asyncio.wait_for(asyncio.gather(*(h.result() for h in handles)), 180)
+    assert [r.status for r in results] == ["SUCCESS"] * 8
     ledger = PostgresLedger(ledger_url)
     deploys = [e for e in ledger.entries() if e.get("step") == "deploy" and e.get("applied")]
     held = sorted(p.name for p in (workspace / "environments" / "DEV").iterdir() if p.is_file())
