@@ -9,13 +9,13 @@ import shutil
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from dotenv import load_dotenv
-from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.envconfig import ClientConfigProfile
-from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
+
+if TYPE_CHECKING:
+    from temporalio.client import Client
+    from temporalio.runtime import Runtime
 
 from orchestrator.settings import FAILURE_ACTIONS, FAILURE_POINTS, FAILURE_RATES
 from shared import REPO_ROOT
@@ -152,6 +152,9 @@ def worker_command(task_queue: str | None = None) -> str:
 
 def connect_config() -> dict:
     """Connection settings from TEMPORAL_* variables and TOML profiles, as the temporal CLI reads them."""
+    # Imported here, as in connect: the commands that read only the workspace start without temporalio.
+    from temporalio.envconfig import ClientConfigProfile
+
     try:
         config = dict(ClientConfigProfile.load().to_client_connect_config())
     except Exception as e:  # the bridge raises its own ConfigError type
@@ -166,6 +169,10 @@ async def connect(config: dict | None = None, quiet: bool = False, runtime: Runt
 
     runtime: the SDK runtime to use (the worker's, when it serves metrics); quiet then has no effect.
     """
+    from temporalio.client import Client
+    from temporalio.contrib.pydantic import pydantic_data_converter
+    from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
+
     if quiet and runtime is None:
         errors_only = TelemetryFilter(core_level="ERROR", other_level="ERROR")
         runtime = Runtime(telemetry=TelemetryConfig(logging=LoggingConfig(filter=errors_only)))

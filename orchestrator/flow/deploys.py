@@ -136,8 +136,9 @@ class Deploys:
                     return settled  # a gate or health failure, settled by the on_failure policy
                 source = step.env
         finally:
-            # Everything this deploy owns or waits for; a cancel while waiting leaves the queue.
-            if mine := self.locks.mine(d.container_id):
+            # Everything this deploy owns or waits for; a cancel while waiting leaves the queue. Not when the
+            # worker evicts the run from its cache: then the coroutine is closed outside the workflow.
+            if workflow.in_workflow() and (mine := self.locks.mine(d.container_id)):
                 await self.locks.move(d, give_back=mine)
         return DeployResult(
             deploy_key=d.deploy_key, artifact=f"{d.container_id}-{d.version}", environments=d.environments

@@ -148,7 +148,8 @@ class FailurePolicy:
                 await self.locks.wait(d, step, await self.locks.move(d, take=[place]))
                 settled.append(await self.roll_back(d, step, None))
             finally:
-                await self.locks.move(d, give_back=[place])
+                if workflow.in_workflow():  # not when the worker evicts the run: the coroutine is being closed
+                    await self.locks.move(d, give_back=[place])
         return settled
 
     async def _hold(self, d: DeployInfo, step: StepInput, failure: str) -> tuple[str, Decision]:
