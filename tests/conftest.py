@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
@@ -70,6 +72,37 @@ def postgres_server() -> Iterator[PostgresServer]:
 def ledger_url(postgres_server: PostgresServer) -> str:
     """A PostgreSQL database of this test's own, empty: the ledger's LEDGER_URL."""
     return postgres_server.new_database()
+
+
+class RestartableServer:
+    """A dev server on a fixed port that persists to a file, so it can be stopped and started again."""
+
+    def __init__(self, db: Path) -> None:
+        self.db = db
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.target = f"127.0.0.1:{self.port}"
+        self.env: WorkflowEnvironment | None = None
+
+    async def start(self) -> None:
+        self.env = await WorkflowEnvironment.start_local(
+            port=self.port,
+            data_converter=pydantic_data_converter,
+            dev_server_existing_path=installed_binary("temporal"),
+            dev_server_database_filename=str(self.db),
+            search_attributes=[RELEASE_KEY_ATTRIBUTE, RELEASE_STATUS_ATTRIBUTE],
+        )
+
+    async def stop(self) -> None:
+        if self.env is not None:
+            await self.env.shutdown()
+            self.env = None
+
+    @property
+    def client(self) -> Client:
+        assert self.env is not None
+        return self.env.client
 
 
 def target_of(env: WorkflowEnvironment) -> str:

@@ -25,7 +25,6 @@ import contextlib
 import json
 import os
 import random
-import socket
 import sys
 import time
 from collections import Counter
@@ -37,14 +36,11 @@ from typing import NamedTuple
 import pytest
 from temporalio.api.enums.v1 import PendingActivityState, TimeoutType
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
-from temporalio.testing import WorkflowEnvironment
 
-from orchestrator.flow.release_run import RELEASE_KEY_ATTRIBUTE, RELEASE_STATUS_ATTRIBUTE
 from release_management import build_content, render_config
 from shared import ENVIRONMENTS
-from tests.conftest import REPO, ProofLines, installed_binary
+from tests.conftest import REPO, ProofLines, RestartableServer
 from tests.observer import LandingObserver
 from tests.support import WorkerProcess, script_env, task_queue
 from tests.test_idempotency import REPORTED
@@ -61,37 +57,6 @@ DEFAULT_SEED = 1
 STEP_SECONDS = 1.5
 # Created before the worker starts and watched before the release starts, so no landing is missed.
 WATCHED = ["artifactory", *(f"environments/{env}" for env in ENVIRONMENTS)]
-
-
-class RestartableServer:
-    """A dev server on a fixed port that persists to a file, so it can be stopped and started again."""
-
-    def __init__(self, db: Path) -> None:
-        self.db = db
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.target = f"127.0.0.1:{self.port}"
-        self.env: WorkflowEnvironment | None = None
-
-    async def start(self) -> None:
-        self.env = await WorkflowEnvironment.start_local(
-            port=self.port,
-            data_converter=pydantic_data_converter,
-            dev_server_existing_path=installed_binary("temporal"),
-            dev_server_database_filename=str(self.db),
-            search_attributes=[RELEASE_KEY_ATTRIBUTE, RELEASE_STATUS_ATTRIBUTE],
-        )
-
-    async def stop(self) -> None:
-        if self.env is not None:
-            await self.env.shutdown()
-            self.env = None
-
-    @property
-    def client(self) -> Client:
-        assert self.env is not None
-        return self.env.client
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """Workers on several machines: separate processes sharing the workspace, the ledger in PostgreSQL, each killed
-in turn and the database restarted once while a release runs; and releases racing for one environment.
+in turn, the Temporal server and the database each restarted once while a release runs; and releases racing
+for one environment.
 
 Effects are counted by an inotify observer in this process (tests/observer.py), outside the code under test.
 """
@@ -15,7 +16,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from orchestrator.ledger_pg import PostgresLedger
 from shared import ENVIRONMENTS, ReleaseRequest
-from tests.conftest import CATALOG, target_of
+from tests.conftest import CATALOG, RestartableServer, target_of
 from tests.observer import LandingObserver
 from tests.postgres import PostgresServer
 from tests.support import WorkerProcess, run_script, script_env, stopped_at_the_end, task_queue, until
@@ -31,9 +32,9 @@ def applied_steps(ledger: PostgresLedger) -> list[tuple[object, ...]]:
 
 
 @pytest.mark.slow(40)
-async def test_workers_killed_in_turn_and_the_database_restarted_lose_nothing(
-    dev_server: WorkflowEnvironment, tmp_path: Path
-) -> None:
+async def test_workers_killed_in_turn_and_both_servers_restarted_lose_nothing(tmp_path: Path) -> None:
+    temporal = RestartableServer(tmp_path / "dev.db")
+    await temporal.start()
     server = PostgresServer.start()  # its own: this test restarts it
     try:
         url = server.new_database()
@@ -41,7 +42,7 @@ async def test_workers_killed_in_turn_and_the_database_restarted_lose_nothing(
         workspace = tmp_path / "shared"
         for folder in WATCHED:
             (workspace / folder).mkdir(parents=True)
-        env = script_env(target_of(dev_server), workspace, task_queue(), DEMO_STEP_SECONDS="0.5", LEDGER_URL=url)
+        env = script_env(temporal.target, workspace, task_queue(), DEMO_STEP_SECONDS="0.5", LEDGER_URL=url)
         progress = [0]
 
         async def moved_on() -> None:
@@ -56,6 +57,10 @@ async def test_workers_killed_in_turn_and_the_database_restarted_lose_nothing(
                 await moved_on()
                 workers[turn].kill()
                 workers.append(WorkerProcess(env, tmp_path / f"worker{turn + 2}.log").start())
+            await moved_on()
+            await temporal.stop()
+            await asyncio.sleep(1.0)
+            await temporal.start()
             await moved_on()
             server.stop()
             await asyncio.sleep(1.0)
@@ -74,6 +79,7 @@ async def test_workers_killed_in_turn_and_the_database_restarted_lose_nothing(
         assert not (workspace / "ledger.jsonl").exists() and not list(workspace.glob("*.sqlite"))
     finally:
         server.remove()
+        await temporal.stop()
 
 
 @pytest.mark.slow(40)
