@@ -471,8 +471,9 @@ async def start_release(client: Client, key: str, task_queue: str) -> Any:
     """Start a release exactly as `run_workflow.py --release-key KEY` does."""
     # Imported here: while the project's code does not import, the release phases fail, not the bench.
     try:
+        from orchestrator.cli.follower import RELEASE_WORKFLOW
         from orchestrator.flow.release_run import RELEASE_KEY_ATTRIBUTE, RELEASE_STATUS_ATTRIBUTE
-        from run_workflow import RELEASE_WORKFLOW, ReleaseStart
+        from shared import ReleaseRequest
     except Exception as err:
         raise PhaseError(f"the project's code does not import: {type(err).__name__}: {err}") from None
     attributes = TypedSearchAttributes(
@@ -480,7 +481,7 @@ async def start_release(client: Client, key: str, task_queue: str) -> Any:
     )
     return await client.start_workflow(
         RELEASE_WORKFLOW,
-        ReleaseStart(release_key=key, now=False),
+        ReleaseRequest(release_key=key, now=False, by="bench"),
         id=release_workflow_id(key),
         task_queue=task_queue,
         result_type=ReleaseResult,
