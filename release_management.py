@@ -112,8 +112,8 @@ class ReleaseManagement(Workspace):
         """One ledger line per deploy the decision is about (deploy_key is the release key for the release itself).
 
         An approval names its approver ("approver"), any other decision its maker ("by"); an approval of one
-        environment's entry names that environment ("env"). A repeated call (a retry) adds lines with applied
-        false: a decision is claimed once.
+        environment's entry, and a hold, name that environment ("env"). A repeated call (a retry) adds lines
+        with applied false: a decision is claimed once.
         """
         entry_approval = record.step == "approve" and len(record.environments) == 1
         who = {"approver": record.by} if record.step in ("approve", "unfreeze") else {"by": record.by}
@@ -124,7 +124,7 @@ class ReleaseManagement(Workspace):
                     "run_id": record.run_id,
                     "deploy_key": deploy_key,
                     "step": record.step,
-                    "env": record.environments[0] if entry_approval else None,
+                    "env": record.environments[0] if entry_approval or record.step == "hold" else None,
                     **({"environments": record.environments} if record.environments else {}),
                     **who,
                     **({"identity": record.identity} if record.identity else {}),

@@ -329,7 +329,8 @@ class DecisionRecord(BaseModel):
 
     step approve: who approved these deploys (a deploy key; the release key for the release itself), for entry
     into environments, if any; unfreeze: who overrode the freeze of these environments; start, cancel: who
-    started or cancelled the release; retry: who asked a held deploy's checks to run again.
+    started or cancelled the release; retry: who asked a held deploy's checks to run again; hold: a deploy the
+    catalog's on_failure policy held for a person (by names the policy).
     """
 
     release_key: str
@@ -337,7 +338,7 @@ class DecisionRecord(BaseModel):
     by: str
     at: datetime
     deploy_keys: list[str]
-    step: Literal["approve", "unfreeze", "start", "cancel", "retry"] = "approve"
+    step: Literal["approve", "unfreeze", "start", "cancel", "retry", "hold"] = "approve"
     environments: list[Environment] = Field(default_factory=list)
     # The identity the sending Temporal client reported ("4242@host" for run_workflow.py); "" if it sent none.
     identity: str = ""

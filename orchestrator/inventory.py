@@ -28,7 +28,7 @@ DRIFT_MAX = 300
 CELL_MAX = 40
 HISTORY_MAX = 100  # history shows the newest lines, and says how many older ones it left out
 ENTRY_FIELDS = ("version", "release_key", "run_id", "at", "approved_by")
-VERIFIED, FAILED, UNTESTED = "verified", "failed", "untested"
+VERIFIED, FAILED, UNTESTED, HELD = "verified", "failed", "untested", "held"
 
 
 @dataclass
@@ -317,9 +317,15 @@ def _restored(restored: dict[str, object], deployed: Placement | None) -> Placem
 
 
 def _verdicts(entries: list[dict[str, object]]) -> dict[tuple[object, ...], str]:
-    """(env, container, run, version) -> what the last applied test line of that deploy there said."""
+    """(env, container, run, version) -> what the last applied test line of that deploy there said, or held
+    when a hold line (the on_failure policy waiting for a person) came after it."""
     verdicts: dict[tuple[object, ...], str] = {}
+    deployed: dict[tuple[object, object], tuple[object, object]] = {}  # (run, deploy key) -> (container, version)
     for e in entries:
+        if e.get("step") == "deploy":
+            deployed[(e.get("run_id"), e.get("deploy_key"))] = (e.get("container"), e.get("version"))
+        if e.get("step") == "hold" and (what := deployed.get((e.get("run_id"), e.get("deploy_key")))):
+            verdicts[(e.get("env"), *what[:1], e.get("run_id"), *what[1:])] = HELD
         if e.get("step") == "test" and is_claim(e):
             key = (e.get("env"), e.get("container"), e.get("run_id"), e.get("version"))
             # A line without a verdict (written by hand, or before gates) proves nothing either way.

@@ -41,7 +41,7 @@ MIGRATIONS: list[str] = [
     CREATE INDEX ledger_lines_moves ON ledger_lines (env, number) WHERE step IN ('deploy', 'rollback');
     CREATE INDEX ledger_lines_runs ON ledger_lines (env, container, run_id, version)
         WHERE step IN ('deploy', 'test');
-    CREATE INDEX ledger_lines_approvals ON ledger_lines (run_id, deploy_key) WHERE step = 'approve';
+    CREATE INDEX ledger_lines_approvals ON ledger_lines (run_id, deploy_key) WHERE step IN ('approve', 'hold');
     CREATE INDEX ledger_lines_unreadable ON ledger_lines (number) WHERE NOT readable;
     -- What each environment holds: the number of the last applied deploy or rollback line of each target.
     CREATE TABLE ledger_placements (env text, container text, number bigint NOT NULL, PRIMARY KEY (env, container));
@@ -162,7 +162,7 @@ class PostgresLedger:
                 e = parse_line(line) or {}
                 if e.get("step") == "deploy":
                     approvals |= {(e.get("run_id"), e.get("deploy_key")), (e.get("run_id"), e.get("release_key"))}
-            rows.update(_approvals(cur, approvals))
+            rows.update(_approvals(cur, approvals, ("approve", "hold")))
             cur.execute("SELECT count(*) FROM ledger_lines WHERE NOT readable")
             (unreadable,) = cur.fetchone() or (0,)
             chain = _chain_of(cur)
@@ -369,15 +369,17 @@ def _chain_of(cur: psycopg.Cursor[Any]) -> Chain:
     return Chain(*row[:3], bool(row[3]), *row[4:])
 
 
-def _approvals(cur: psycopg.Cursor[Any], runs: set[tuple[object, ...]]) -> dict[int, str]:
-    """The approve lines of these (run id, deploy key or release key) pairs, by number."""
+def _approvals(
+    cur: psycopg.Cursor[Any], runs: set[tuple[object, ...]], steps: tuple[str, ...] = ("approve",)
+) -> dict[int, str]:
+    """The approve (or other decision) lines of these (run id, deploy key or release key) pairs, by number."""
     pairs = [(r, k) for r, k in runs if isinstance(r, str) and isinstance(k, str)]
     if not pairs:
         return {}
     cur.execute(
-        "SELECT number, line FROM ledger_lines WHERE step = 'approve' "
+        "SELECT number, line FROM ledger_lines WHERE step = ANY(%s) "
         "AND (run_id, deploy_key) IN (SELECT * FROM unnest(%s::text[], %s::text[]))",
-        [[r for r, _ in pairs], [k for _, k in pairs]],
+        [list(steps), [r for r, _ in pairs], [k for _, k in pairs]],
     )
     return dict(cur.fetchall())
 

@@ -26,6 +26,7 @@ from tests.support import (
     script_env,
     stopped_at_the_end,
     task_queue,
+    until,
     worker_exits,
 )
 from tests.test_approvals import cause_of, until_status
@@ -159,6 +160,10 @@ async def test_hold_waits_for_a_person_who_rolls_back(tmp_path: Path, ts_env: Wo
         state = await held(handle)
         sbstore = next(d for d in state.deploys if d.container_id == "sbstore")
         assert sbstore.cells["QC"].status == "held"
+        # The hold is recorded: inventory says so while the release waits for a person.
+        await until(lambda: inventory(rm.workspace).placements["QC"]["sbstore"].state == "held")
+        hold = [e for e in rm.ledger.entries() if e.get("step") == "hold"]
+        assert [(e["by"], e["env"], e["deploy_key"]) for e in hold] == [("on_failure: hold", "QC", f"{HOTFIX}:sbstore")]
         assert sbstore.waiting_for is not None and sbstore.waiting_for.startswith("a person: retry or rollback")
         for bad, words in [
             (Decision(approver=""), "the approver is empty: say who asks to rollback"),
@@ -174,6 +179,7 @@ async def test_hold_waits_for_a_person_who_rolls_back(tmp_path: Path, ts_env: Wo
     assert files(rm.env_dir("QC"))["sbstore-1.0"] == qc_before["sbstore-1.0"]
     [line] = rollback_lines(rm)
     assert line["by"] == "ana"
+    assert inventory(rm.workspace).placements["QC"]["sbstore"].state == "verified"  # 1.0 again, as it was
 
 
 async def test_hold_then_retry_after_a_fix_outside_goes_on(tmp_path: Path, ts_env: WorkflowEnvironment) -> None:

@@ -160,6 +160,10 @@ class FailurePolicy:
         deploy.waiting_for = f"a person: retry or rollback ({failure})"
         self.run.event(f"{deploy.artifact} is held in {step.env}: retry or rollback")
         self.run.set_status(HELD)
+        # Recorded, for inventory to say "held" (a release started by 1.1.0's first build did not: Patches).
+        if workflow.patched("record-hold"):
+            summary = f"record {deploy.artifact} held in {step.env}"
+            await record(self.run, "hold", "on_failure: hold", [d.deploy_key], [step.env], summary=summary)
         try:
             await workflow.wait_condition(lambda: d.deploy_key in self.decisions)
         finally:
