@@ -8,6 +8,7 @@ import asyncio
 import json
 import threading
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -19,7 +20,7 @@ from orchestrator.errors import LedgerBroken
 from orchestrator.inventory import Move, history, inventory
 from orchestrator.ledger_pg import PostgresLedger
 from release_management import ReleaseManagement
-from shared import ReleaseRequest, RollbackTarget
+from shared import DecisionRecord, ReleaseRequest, RollbackTarget
 from tests.conftest import CATALOG, REPO
 from tests.postgres import PostgresServer, free_port
 from tests.steps import promote
@@ -57,8 +58,14 @@ def steady(entries: list[dict[str, object]]) -> list[dict[str, object]]:
 def test_the_same_steps_mean_the_same_in_both_stores(tmp_path: Path, ledger_url: str) -> None:
     in_file = ReleaseManagement(tmp_path / "file", CATALOG)
     in_pg = ReleaseManagement(tmp_path / "pg", CATALOG, ledger_url=ledger_url)
-    released(in_file)
-    released(in_pg)
+    held = "RELEASE-JAN-24-ALPHA-PROD"  # its PROD deploy of sbstore held by the on_failure policy, as recorded
+    hold = DecisionRecord(
+        release_key=held, run_id=f"run-{held}", by="on_failure: hold", at=datetime.now(UTC),
+        deploy_keys=[f"{held}:sbstore"], step="hold", environments=["PROD"],
+    )  # fmt: skip
+    for rm in (in_file, in_pg):
+        released(rm)
+        rm.record_approval(hold)
     assert steady(in_pg.ledger.entries()) == steady(in_file.ledger.entries())
     assert not (tmp_path / "pg" / "ledger.jsonl").exists()
     for question in [("frontend", "1.2", "PROD"), ("sbstore", "1.1", "QC"), ("sbstore", "1.7", "artifactory")]:
@@ -71,6 +78,7 @@ def test_the_same_steps_mean_the_same_in_both_stores(tmp_path: Path, ledger_url:
             for entry in placed.values():
                 entry.pop("at"), entry.pop("run_id")
     assert pg_inv == file_inv and pg_inv["PROD"]["frontend"]["state"] == "verified"
+    assert pg_inv["PROD"]["sbstore"]["state"] == "held"
     for env, container in [("DEV", None), ("QC", "sbstore"), ("PROD", "frontend")]:
         in_file_moves, _, total = history(tmp_path / "file", env, container)
         in_pg_moves, _, pg_total = history(tmp_path / "pg", env, container, ledger_url)
