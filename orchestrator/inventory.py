@@ -325,7 +325,8 @@ def _verdicts(entries: list[dict[str, object]]) -> dict[tuple[object, ...], str]
         if e.get("step") == "deploy":
             deployed[(e.get("run_id"), e.get("deploy_key"))] = (e.get("container"), e.get("version"))
         if e.get("step") == "hold" and (what := deployed.get((e.get("run_id"), e.get("deploy_key")))):
-            verdicts[(e.get("env"), *what[:1], e.get("run_id"), *what[1:])] = HELD
+            container, version = what
+            verdicts[(e.get("env"), container, e.get("run_id"), version)] = HELD
         if e.get("step") == "test" and is_claim(e):
             key = (e.get("env"), e.get("container"), e.get("run_id"), e.get("version"))
             # A line without a verdict (written by hand, or before gates) proves nothing either way.

@@ -128,15 +128,8 @@ class Ledger:
 
     def verify(self) -> Chain:
         """The chain as the whole ledger says, read from line 1 (what `ledger verify` prints); the index is not used."""
-        try:
-            fd = os.open(self.path, os.O_RDONLY)
-        except FileNotFoundError:
-            return Chain()
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH)
-            return self._chain(fd)
-        finally:
-            os.close(fd)
+        with self._shared() as fd:
+            return Chain() if fd is None else self._chain(fd)
 
     def seal(self, by: str, reason: str) -> Chain:
         """Accept the chain's break: a seal line, linked to the line before it, names who and why; the chain
@@ -159,8 +152,11 @@ class Ledger:
     # What inventory, history and rollback-env read: the whole file, each line once (PostgresLedger: indexed).
 
     def inventory_view(self) -> tuple[list[dict[str, object]], int, Chain]:
-        entries, unreadable = self.read()
-        return entries, len(unreadable), self.verify()
+        """The entries, how many lines are unreadable, and the chain: from one read of the file."""
+        with self._shared() as fd:
+            data = b"" if fd is None else read_bytes(fd, 0)
+        entries, unreadable = parse_lines(data)
+        return entries, len(unreadable), Chain().follow(split_lines(data))
 
     def history_view(self, env: str, container: str | None, newest: int) -> tuple[list[dict[str, object]], int, None]:
         entries, unreadable = self.read()
@@ -171,14 +167,21 @@ class Ledger:
 
     def read(self) -> tuple[list[dict[str, object]], list[int]]:
         """The entries, and the 1-based numbers of lines that are not JSON objects (skipped)."""
+        with self._shared() as fd:
+            return ([], []) if fd is None else self._read(fd)
+
+    @contextmanager
+    def _shared(self) -> Iterator[int | None]:
+        """The ledger open for reading under a shared lock (never a line an append has only half written);
+        None if there is no ledger. A read creates nothing."""
         try:
             fd = os.open(self.path, os.O_RDONLY)
         except FileNotFoundError:
-            return [], []
+            yield None
+            return
         try:
-            # Shared lock: never read a line an append has only half written.
             fcntl.flock(fd, fcntl.LOCK_SH)
-            return self._read(fd)
+            yield fd
         finally:
             os.close(fd)
 
