@@ -18,7 +18,7 @@ alive = [ -f $(1) ] && ps -o stat= -p "$$(cat $(1))" 2>/dev/null | grep -qv '^Z'
 DETACH := $(shell command -v setsid 2>/dev/null) nohup
 WORKSPACE := $(or $(RELEASE_WORKSPACE),.)
 
-.PHONY: help install demo demo-postgres server worker release stop stop-worker kill-worker test chaos faults mutation histories bench screenshots lint clean-workspace
+.PHONY: help install demo demo-postgres dashboard server worker release stop stop-worker kill-worker test chaos faults mutation histories bench screenshots lint clean-workspace
 
 help:
 	@echo "make demo    install, start a dev server and a worker, run the INITIAL release"
@@ -29,6 +29,7 @@ help:
 	@echo "make mutation  mutation testing of the core modules; prints the score per file and the survivors"
 	@echo "make bench   time releases against the Temporal floor on its own server and workers; a table and bench.json"
 	@echo "make demo-postgres  the demo with the ledger in a local PostgreSQL (LEDGER_URL)"
+	@echo "make dashboard  the release dashboard, http://127.0.0.1:8080 by default (DASHBOARD_PORT); Ctrl+C stops it"
 	@echo "make server | worker | stop-worker | kill-worker | release KEY=... | histories | screenshots | lint | clean-workspace"
 
 $(STAMP): pyproject.toml
@@ -94,11 +95,17 @@ release: worker
 demo: release
 	@for env in DEV TEST QC PROD; do printf '  %-5s %s\n' $$env "$$(ls -p $(WORKSPACE)/environments/$$env | grep -v / | tr '\n' ' ')"; done
 	@echo "Web UI: $(UI)/namespaces/default/workflows   (make stop ends the worker and server)"
+	@echo "Dashboard: make dashboard, then open $$($(PY) run_dashboard.py --url)"
 
 # The same demo with the ledger in a local PostgreSQL (resources/local_postgres.py; make stop stops it too).
 demo-postgres: $(STAMP)
 	@url="$$($(PY) resources/local_postgres.py start)" || exit 1; \
 	echo "LEDGER_URL=$$url"; LEDGER_URL="$$url" $(MAKE) --no-print-directory demo
+
+# The dashboard in the foreground, on the workspace and server the demo used; read-only unless a trusted proxy is
+# configured (setup.md, The dashboard).
+dashboard: $(STAMP)
+	@$(PY) run_dashboard.py
 
 # Stop what make started: SIGTERM, then SIGKILL if it is still there after 10 s.
 stop_pid = if $(call alive,$(STATE)/$(1).pid); then \

@@ -147,7 +147,7 @@ def inventory(workspace: Path, ledger_url: str | None = None) -> Inventory:
     placed, _, skipped = replay(entries)
     placements = {}
     for env in ENVIRONMENTS:
-        found = _compared(workspace, env, placed.get(env, {}))
+        found = compare_folders(workspace, env, placed.get(env, {}))
         if found:
             placements[env] = found
     return Inventory(placements, unreadable + skipped, chain, ledger.name)
@@ -175,7 +175,7 @@ def inventory_lines(inv: Inventory) -> list[str]:
     """The inventory as a table, a line per environment and container, then its drift, one line each."""
     entries = [(env, c, h) for env, placed in inv.placements.items() for c, h in placed.items()]
     rows = [
-        [env, c, h.version or "?", h.state, h.release_key or "-", _when(h.at), h.approved_by or "-", h.run_id or "-"]
+        [env, c, h.version or "?", h.state, h.release_key or "-", when_utc(h.at), h.approved_by or "-", h.run_id or "-"]
         for env, c, h in entries
     ]
     lines = _table(["ENV", "CONTAINER", "VERSION", "STATE", "RELEASE", "AT (UTC)", "APPROVED BY", "RUN"], rows)
@@ -199,7 +199,7 @@ def history_lines(
     if not moves:
         of = f" of {container}" if container else ""
         return [_shown(f"No promotions or rollbacks{of} into {env} in the ledger."), *_skipped(skipped)]
-    rows = [[f"{_when(m.at)} UTC", m.container, m.version, _what(m)] for m in moves[:HISTORY_MAX]]
+    rows = [[f"{when_utc(m.at)} UTC", m.container, m.version, describe_move(m)] for m in moves[:HISTORY_MAX]]
     lines = _table(None, rows)
     total = len(moves) if total is None else total
     if total > HISTORY_MAX:
@@ -238,7 +238,7 @@ def print_history(workspace: Path, env: str, container: str | None, ledger_url: 
     return 0
 
 
-def _compared(workspace: Path, env: str, placed: dict[str, Placement]) -> dict[str, Placement]:
+def compare_folders(workspace: Path, env: str, placed: dict[str, Placement]) -> dict[str, Placement]:
     """placed, with each entry's drift from the environment's folder, and an entry for each container only there."""
     folder = workspace / "environments" / env
     files: dict[str, list[str]] = {}
@@ -359,7 +359,7 @@ def _drift(what: list[str]) -> str | None:
     return clip("; ".join(what), DRIFT_MAX) if what else None
 
 
-def _what(m: Move) -> str:
+def describe_move(m: Move) -> str:
     run = f"{m.release_key or '?'} (run {m.run_id or '?'})"
     if not m.rollback and m.release_key == RollbackTarget(env=m.env, container=m.container).release_key():
         # rollback-env: a release of its own that puts an earlier version back; its approval is who asked.
@@ -370,7 +370,7 @@ def _what(m: Move) -> str:
     return f"rolled back {back} by {run}" + (f", asked by {m.by}" if m.by else "")
 
 
-def _when(at: str | None) -> str:
+def when_utc(at: str | None) -> str:
     """An ISO time as "2024-01-24 10:00:03" in UTC (a time without a zone is UTC); what it says if it is not one."""
     try:
         when = datetime.fromisoformat(at or "")

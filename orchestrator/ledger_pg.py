@@ -57,6 +57,8 @@ MIGRATIONS: list[str] = [
     CREATE TRIGGER ledger_lines_append_only BEFORE UPDATE OR DELETE ON ledger_lines
         FOR EACH ROW EXECUTE FUNCTION ledger_lines_append_only();
     """,
+    # 1.2: a release page reads its run's lines (the dashboard).
+    "CREATE INDEX ledger_lines_run ON ledger_lines (run_id, number)",
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -190,6 +192,15 @@ class PostgresLedger:
             cur.execute("SELECT count(*) FROM ledger_lines WHERE NOT readable")
             (unreadable,) = cur.fetchone() or (0,)
         return _in_order(rows), unreadable, total
+
+    def run_entries(self, run_id: str, newest: int) -> list[dict[str, object]]:
+        """The newest lines of one run, in order (a release page)."""
+        with self._transaction() as cur:
+            cur.execute(
+                "SELECT number, line FROM ledger_lines WHERE run_id = %s ORDER BY number DESC LIMIT %s",
+                (run_id, newest),
+            )
+            return _in_order(dict(cur.fetchall()))
 
     def target_entries(self, env: str, container: str) -> list[dict[str, object]]:
         """The deploy, rollback and test lines of one target, in order (rollback-env's choice, a rollback's holder)."""

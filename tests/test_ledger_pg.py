@@ -184,7 +184,7 @@ async def test_a_worker_says_in_one_line_when_the_database_is_away_or_newer(tmp_
     )
     assert (code, out) == (2, "")
     assert err.endswith(
-        "is at schema 99; this code knows schema 1 at most: run a worker of the version that migrated it\n"
+        "is at schema 99; this code knows schema 2 at most: run a worker of the version that migrated it\n"
     )
 
     code, _, err = await run_python(

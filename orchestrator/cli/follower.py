@@ -65,8 +65,8 @@ async def start(client: Client, settings: Settings, target: dict, request: Relea
     if running is not None and running.status != WorkflowExecutionStatus.RUNNING:
         running = None
     if running is not None and request.rollback is not None:
-        await _same_rollback(running, request)
-    handle = await _start_workflow(client, settings, target, request.model_copy(update={"identity": client.identity}))
+        await same_rollback(running, request)
+    handle = await start_release(client, settings, target, request.model_copy(update={"identity": client.identity}))
     verb = "is already running; following it" if running else "started"
     print(f"Release {key} {verb} (workflow {workflow_id}).", flush=True)
     if running and request.now and request.rollback is None:
@@ -85,7 +85,7 @@ async def start(client: Client, settings: Settings, target: dict, request: Relea
     return 0
 
 
-async def _same_rollback(running: WorkflowExecutionDescription, request: ReleaseRequest) -> None:
+async def same_rollback(running: WorkflowExecutionDescription, request: ReleaseRequest) -> None:
     """A second rollback-env of one target follows the running one only if it asks the same; UserError if not."""
     asked = (await running.memo()).get("request")
     theirs = ReleaseRequest.model_validate(asked) if isinstance(asked, dict) else None
@@ -119,7 +119,7 @@ async def _failed(handle: WorkflowHandle[Any, ReleaseResult], key: str, e: Workf
     return 1
 
 
-async def _start_workflow(
+async def start_release(
     client: Client, settings: Settings, target: dict, request: ReleaseRequest
 ) -> WorkflowHandle[Any, ReleaseResult]:
     key, now = request.release_key, request.now

@@ -1,0 +1,82 @@
+"""The dashboard's actions: approve, unfreeze, retry, rollback, cancel and rollback-env, each sent as the command
+line sends it (the same Update, Signal or start), so the workflow applies the same rules; a refusal is one line.
+"""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+from temporalio.client import Client
+
+from orchestrator.cli.actions import running_release, send_update
+from orchestrator.cli.diagnostics import UserError, latest_run
+from orchestrator.cli.follower import same_rollback, start_release
+from orchestrator.inventory import check_environment
+from orchestrator.names import check_container_id, check_version, describe_validation_error
+from orchestrator.settings import Settings
+from shared import Approval, Decision, ReleaseRequest, RollbackTarget, Unfreeze
+from workflows import ReleaseWorkflow
+
+ACTIONS = ("approve", "unfreeze", "retry", "rollback", "cancel", "rollback-env")
+
+
+def _field(form: dict[str, str], name: str) -> str | None:
+    value = (form.get(name) or "").strip()
+    return value or None
+
+
+async def act(client: Client, settings: Settings, target: dict, by: str, action: str, form: dict[str, str]) -> str:
+    """Do action as `by`; what happened, in one line. UserError (one line) when refused: nothing changed."""
+    identity = f"{client.identity} (dashboard)"
+    if action == "rollback-env":
+        return await _rollback_env(client, settings, target, by, form, identity)
+    key = _field(form, "release") or ""
+    if action not in ACTIONS or not key:
+        raise UserError(f"unknown action {action!r}: nothing was sent")
+    handle = await running_release(client, settings, key, action)
+    deploy, env = _field(form, "deploy"), _field(form, "env")
+    if action == "approve":
+        reply = await send_update(
+            handle,
+            ReleaseWorkflow.approve,
+            Approval(approver=by, deploy=deploy, env=env, identity=identity),
+            key,
+            "approval",
+        )
+        waiting = ", ".join(reply.still_waiting) or "nothing"
+        return f"Approved by {by}: {', '.join(reply.approved) or 'nothing'}; still waiting: {waiting}"
+    if action == "unfreeze":
+        reply = await send_update(
+            handle, ReleaseWorkflow.unfreeze, Unfreeze(approver=by, identity=identity), key, "unfreeze"
+        )
+        return f"Unfrozen by {by}: release {key} promotes into {', '.join(reply.environments)} now ({reply.status})"
+    decision = Decision(approver=by, deploy=deploy, identity=identity)
+    if action == "cancel":
+        await handle.signal(ReleaseWorkflow.cancelled_by, decision)
+        await handle.cancel()
+        return f"Cancel requested by {by}: release {key} stops once the steps in flight finish"
+    update = ReleaseWorkflow.retry if action == "retry" else ReleaseWorkflow.rollback
+    reply = await send_update(handle, update, decision, key, action)
+    return f"{action.capitalize()} of {reply.deploy} asked by {by} (release {key}: {reply.status})"
+
+
+async def _rollback_env(
+    client: Client, settings: Settings, target: dict, by: str, form: dict[str, str], identity: str
+) -> str:
+    """Start the rollback release of one target, as `run_workflow.py rollback-env` does."""
+    try:
+        env = check_environment(_field(form, "env") or "")
+        container = check_container_id(_field(form, "container") or "")
+        version = _field(form, "version")
+        rollback = RollbackTarget(env=env, container=container, version=check_version(version) if version else None)
+    except ValidationError as e:
+        raise UserError(describe_validation_error(e).split(": ", 1)[-1]) from None
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    key = rollback.release_key()
+    request = ReleaseRequest(release_key=key, now=True, by=by, rollback=rollback, identity=identity)
+    running = await latest_run(client, key)
+    if running is not None and running.status is not None and running.status.name == "RUNNING":
+        await same_rollback(running, request)
+    await start_release(client, settings, target, request)
+    to = f"to {version}" if version else "to the version before"
+    return f"Rollback of {container} in {env} {to} started by {by} (release {key})"
