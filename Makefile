@@ -159,9 +159,11 @@ histories: $(STAMP)
 bench: $(STAMP)
 	$(PY) resources/bench.py $(ARGS)
 
-# Real Web UI screenshots for the docs (needs Debian's chromium); its own server and worker on free ports.
+# Real screenshots of the Web UI and of the dashboard for the docs (needs Debian's chromium); their own servers
+# and workers on free ports.
 screenshots: $(STAMP)
 	$(PY) resources/screenshots.py
+	$(PY) resources/dashboard_screenshots.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

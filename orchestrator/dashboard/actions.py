@@ -4,18 +4,23 @@ line sends it (the same Update, Signal or start), so the workflow applies the sa
 
 from __future__ import annotations
 
+import asyncio
+
 from pydantic import ValidationError
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowFailureError
 
 from orchestrator.cli.actions import running_release, send_update
 from orchestrator.cli.diagnostics import UserError, latest_run
 from orchestrator.cli.follower import same_rollback, start_release
+from orchestrator.errors import root_cause
 from orchestrator.inventory import check_environment
-from orchestrator.names import check_container_id, check_version, describe_validation_error
+from orchestrator.names import check_container_id, check_version, describe_validation_error, printable
 from orchestrator.settings import Settings
 from shared import Approval, Decision, ReleaseRequest, RollbackTarget, Unfreeze
 from workflows import ReleaseWorkflow
 
+# How long a rollback-env's answer is awaited before the page says it runs (a refusal comes within a second).
+ROLLBACK_WAIT_SECONDS = 5
 ACTIONS = ("approve", "unfreeze", "retry", "rollback", "cancel", "rollback-env")
 
 
@@ -77,6 +82,14 @@ async def _rollback_env(
     running = await latest_run(client, key)
     if running is not None and running.status is not None and running.status.name == "RUNNING":
         await same_rollback(running, request)
-    await start_release(client, settings, target, request)
+    handle = await start_release(client, settings, target, request)
     to = f"to {version}" if version else "to the version before"
-    return f"Rollback of {container} in {env} {to} started by {by} (release {key})"
+    try:
+        # Most refusals (no earlier version passed there) come as the release gathers: said here, in one line.
+        result = await asyncio.wait_for(handle.result(), ROLLBACK_WAIT_SECONDS)
+    except TimeoutError:
+        return f"Rollback of {container} in {env} {to} started by {by}: release {key} runs"
+    except WorkflowFailureError as e:
+        cause = root_cause(e)
+        raise UserError(printable(getattr(cause, "message", "") or str(cause))) from None
+    return f"Rolled back by {by}: {env} holds {result.deploys[0].artifact} again (release {key})"
