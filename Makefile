@@ -154,10 +154,11 @@ mutation: $(STAMP)
 histories: $(STAMP)
 	$(PY) -m tests.record_histories
 
-# Release latency, the floor Temporal sets, throughput, retries, history and ledger figures: a Markdown table and
-# bench.json. Its own dev servers, workers and workspace; BENCH_RUNS, BENCH_THROUGHPUT, BENCH_WORKERS; ARGS=--quick.
+# Release latency, the floor Temporal sets, throughput, retries, history and ledger figures, then the dashboard's
+# page times at 50 containers x 4 environments x 200 releases: Markdown tables and bench.json. Its own dev servers, workers and workspace; BENCH_RUNS, BENCH_THROUGHPUT, BENCH_WORKERS; ARGS=--quick.
 bench: $(STAMP)
 	$(PY) resources/bench.py $(ARGS)
+	$(PY) resources/bench_dashboard.py $(filter --quick,$(ARGS))
 
 # Real screenshots of the Web UI and of the dashboard for the docs (needs Debian's chromium); their own servers
 # and workers on free ports.

@@ -11,7 +11,6 @@ from __future__ import annotations
 import filecmp
 import hashlib
 import json
-import re
 import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,53 +18,24 @@ from pathlib import Path
 
 from orchestrator.ledger import open_ledger
 from orchestrator.ledger_chain import Chain
-from orchestrator.ledger_format import is_claim
-from orchestrator.names import CONTAINER_ID, VERSION, clip
+from orchestrator.ledger_replay import (  # noqa: F401 (Move and Placement, replay: what inventory's readers use)
+    FAILED,
+    HELD,
+    TEXT_MAX,
+    UNTESTED,
+    VERIFIED,
+    Move,
+    Placement,
+    replay,
+    text_of,
+    valid_name,
+)
+from orchestrator.names import CONTAINER_ID, clip
 from shared import ARTIFACTORY, ENVIRONMENTS, RollbackTarget
 
-TEXT_MAX = 100  # a string read from the ledger or the folders is shown clipped to this
 DRIFT_MAX = 300
 CELL_MAX = 40
 HISTORY_MAX = 100  # history shows the newest lines, and says how many older ones it left out
-ENTRY_FIELDS = ("version", "release_key", "run_id", "at", "approved_by")
-VERIFIED, FAILED, UNTESTED, HELD = "verified", "failed", "untested", "held"
-
-
-@dataclass
-class Placement:
-    """A container's version placed in an environment, who put it there, and how the folder differs (drift)."""
-
-    version: str | None
-    release_key: str | None = None
-    run_id: str | None = None
-    at: str | None = None
-    approved_by: str | None = None
-    drift: str | None = None
-    # What its checks in this environment said: verified, failed, or untested (none ran, or a cancel stopped them).
-    state: str = UNTESTED
-    # Whether the deploy that put it there wrote a config file: deploys before quality gates wrote none.
-    config_written: bool = field(default=True, repr=False, compare=False)
-    # The SHA-256 of the config file the deploy wrote, where its ledger line says (deploys since issue 11).
-    config_sha256: str | None = field(default=None, repr=False, compare=False)
-
-    def as_json(self) -> dict[str, str | None]:
-        entry = {**{name: getattr(self, name) for name in ENTRY_FIELDS}, "state": self.state}
-        return {**entry, "drift": self.drift} if self.drift else entry
-
-
-@dataclass(frozen=True)
-class Move:
-    """A promotion into an environment, or a rollback there, as one applied ledger line records it."""
-
-    env: str
-    container: str
-    version: str  # promoted, or rolled back from
-    release_key: str | None
-    run_id: str | None
-    at: str | None
-    by: str | None  # a promotion's approver; the person who asked for a rollback
-    rollback: bool = False
-    restored: Placement | None = None  # what a rollback gave back; None: nothing
 
 
 @dataclass
@@ -82,62 +52,6 @@ class Inventory:
         """Whether every environment holds only versions whose checks passed there, exactly as deployed."""
         placed = [h for env in self.placements.values() for h in env.values()]
         return self.chain.broken_at is None and all(h.state == VERIFIED and not h.drift for h in placed)
-
-
-def replay(entries: list[dict[str, object]]) -> tuple[dict[str, dict[str, Placement]], list[Move], int]:
-    """Applied deploy and rollback lines replayed in ledger order: what each environment holds, every move
-    in ledger order, and how many such lines were skipped for lacking a valid environment, container or version.
-    """
-    approvers: dict[tuple[object, object], str] = {}
-    for e in entries:
-        if e.get("step") == "approve" and is_claim(e) and isinstance(e.get("approver"), str):
-            approvers.setdefault((e.get("run_id"), e.get("deploy_key")), clip(str(e["approver"]), TEXT_MAX))
-    # Config files came with quality gates: lines from then on (test lines naming their checks, unfreezes,
-    # rollbacks) mark the runs, and the part of the ledger, whose deploys wrote one.
-    markers = [i for i, e in enumerate(entries) if _gated(e)]
-    first_gated = markers[0] if markers else len(entries)
-    gated_runs = {entries[i].get("run_id") for i in markers}
-
-    verdicts = _verdicts(entries)
-    placements: dict[str, dict[str, Placement]] = {env: {} for env in ENVIRONMENTS}
-    deployed: dict[tuple[object, ...], Placement] = {}
-    moves: list[Move] = []
-    skipped = 0
-    for i, e in enumerate(entries):
-        step = e.get("step")
-        if step not in ("deploy", "rollback") or not is_claim(e):
-            continue
-        env, container, version, restored = e.get("env"), e.get("container"), e.get("version"), e.get("restored")
-        if not (env in ENVIRONMENTS and _valid(container, CONTAINER_ID) and _valid(version, VERSION)):
-            skipped += 1
-            continue
-        assert isinstance(env, str) and isinstance(container, str) and isinstance(version, str)
-        run, release_key = e.get("run_id"), e.get("release_key")
-        if step == "deploy":
-            approver = approvers.get((run, e.get("deploy_key"))) or approvers.get((run, release_key))
-            placement = Placement(version, _text(release_key), _text(run), _text(e.get("at")), approver)
-            placement.config_written = i > first_gated or run in gated_runs
-            placement.config_sha256 = _text(e.get("config_sha256"))
-            placement.state = verdicts.get((env, container, run, version), UNTESTED)
-            deployed[(env, container, run, version)] = placement
-            placements[env][container] = placement
-            moves.append(Move(env, container, version, placement.release_key, placement.run_id, placement.at, approver))
-            continue
-        if restored is not None and not (isinstance(restored, dict) and _valid(restored.get("version"), VERSION)):
-            skipped += 1
-            continue
-        back = None
-        if isinstance(restored, dict):
-            was = (env, container, restored.get("run_id"), restored.get("version"))
-            back = _restored(restored, deployed.get(was))
-            back.state = verdicts.get(was, UNTESTED)
-        if back is None:
-            placements[env].pop(container, None)
-        else:
-            placements[env][container] = back
-        by = _text(e.get("by"))
-        moves.append(Move(env, container, version, _text(release_key), _text(run), _text(e.get("at")), by, True, back))
-    return {env: placed for env, placed in placements.items() if placed}, moves, skipped
 
 
 def inventory(workspace: Path, ledger_url: str | None = None) -> Inventory:
@@ -228,7 +142,7 @@ def print_inventory(workspace: Path, as_json: bool, ledger_url: str | None = Non
 def print_history(workspace: Path, env: str, container: str | None, ledger_url: str | None = None) -> int:
     """`run_workflow.py history ENV [CONTAINER]`; ValueError for an unknown environment or an invalid container."""
     env = check_environment(env)
-    if container is not None and not _valid(container, CONTAINER_ID):
+    if container is not None and not valid_name(container, CONTAINER_ID):
         raise ValueError(f"container {clip(container)!r} is invalid: use lowercase letters, digits, '.', '_' and '-'")
     try:
         moves, skipped, total = history(workspace, env, container, ledger_url)
@@ -255,7 +169,7 @@ def compare_folders(workspace: Path, env: str, placed: dict[str, Placement]) -> 
             version = names[0].rpartition("-")[2] if len(names) == 1 else None
             others = [f"folder holds {', '.join(names)}"] if len(names) > 1 else []
             what = [*linked, "not in the ledger", *others, *([] if names else ["only a config file"])]
-            found[clip(c, TEXT_MAX)] = Placement(_text(version) or None, drift=_drift(what))
+            found[clip(c, TEXT_MAX)] = Placement(text_of(version) or None, drift=_drift(what))
             continue
         want = f"{c}-{h.version}"
         others = [n for n in names if n != want]
@@ -304,48 +218,6 @@ def _config_drift(path: Path, expected: dict[str, object], h: Placement) -> list
     if h.config_sha256 is not None and hashlib.sha256(data).hexdigest() != h.config_sha256:
         return ["config file differs from the one its deploy wrote"]
     return []
-
-
-def _restored(restored: dict[str, object], deployed: Placement | None) -> Placement:
-    """What a rollback line gives back; from the deploy that first put it there where the line lacks a field."""
-    back = Placement(*(_text(restored.get(k)) for k in ENTRY_FIELDS))
-    if "approved_by" not in restored and deployed is not None:
-        back.approved_by = deployed.approved_by
-    back.config_written = deployed.config_written if deployed is not None else True
-    back.config_sha256 = _text(restored.get("config_sha256")) or (deployed.config_sha256 if deployed else None)
-    return back
-
-
-def _verdicts(entries: list[dict[str, object]]) -> dict[tuple[object, ...], str]:
-    """(env, container, run, version) -> what the last applied test line of that deploy there said, or held
-    when a hold line (the on_failure policy waiting for a person) came after it."""
-    verdicts: dict[tuple[object, ...], str] = {}
-    deployed: dict[tuple[object, object], tuple[object, object]] = {}  # (run, deploy key) -> (container, version)
-    for e in entries:
-        if e.get("step") == "deploy":
-            deployed[(e.get("run_id"), e.get("deploy_key"))] = (e.get("container"), e.get("version"))
-        if e.get("step") == "hold" and (what := deployed.get((e.get("run_id"), e.get("deploy_key")))):
-            container, version = what
-            verdicts[(e.get("env"), container, e.get("run_id"), version)] = HELD
-        if e.get("step") == "test" and is_claim(e):
-            key = (e.get("env"), e.get("container"), e.get("run_id"), e.get("version"))
-            # A line without a verdict (written by hand, or before gates) proves nothing either way.
-            verdicts[key] = {True: VERIFIED, False: FAILED}.get(e.get("passed"), UNTESTED)  # type: ignore[arg-type]
-    return verdicts
-
-
-def _gated(entry: dict[str, object]) -> bool:
-    step = entry.get("step")
-    return step in ("unfreeze", "rollback") or (step == "test" and ("checks" in entry or "failed_check" in entry))
-
-
-def _valid(value: object, pattern: re.Pattern[str]) -> bool:
-    # The names make paths: a hand-written line must not send a comparison outside the workspace.
-    return isinstance(value, str) and bool(pattern.fullmatch(value)) and ".." not in value
-
-
-def _text(value: object) -> str | None:
-    return clip(value, TEXT_MAX) if isinstance(value, str) else None
 
 
 def _names(folder: Path) -> list[str]:

@@ -1,8 +1,9 @@
 """What the dashboard shows from the ledger and the folders (the grid, an environment's moves, a run's lines),
 read again only when the ledger or a deployed file changes, never on a page request.
 
-Plain Python, no temporalio. With the file ledger, only the bytes appended since the last look are read (the
-whole file again when it shrank or was rewritten in place); with PostgreSQL, the indexed views of the ledger.
+Plain Python, no temporalio. With the file ledger, only the lines appended since the last look are read and
+replayed (the whole file again when it shrank or was rewritten in place); with PostgreSQL, the ledger's indexed
+views. Either way a change costs what is new and what the environments hold, not the ledger's length.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from orchestrator.inventory import HISTORY_MAX, Inventory, Move, Placement, compare_folders, replay
+from orchestrator.inventory import HISTORY_MAX, Inventory, compare_folders
 from orchestrator.ledger import open_ledger
 from orchestrator.ledger_chain import Chain, split_lines
 from orchestrator.ledger_format import parse_lines
+from orchestrator.ledger_replay import Move, Placement, Replay, replay
 from shared import ENVIRONMENTS
 
 RUN_LINES_MAX = 400  # a release page shows at most this many of its run's ledger lines, the newest
@@ -22,28 +24,29 @@ RUN_LINES_MAX = 400  # a release page shows at most this many of its run's ledge
 
 @dataclass
 class FileTail:
-    """The file ledger's entries and chain, kept up to date by reading what was appended since the last look."""
+    """The file ledger followed by its appends: the chain so far, and the lines read since the last look."""
 
     path: Path
     offset: int = 0
     stamp: tuple[int, int] | None = None
-    entries: list[dict[str, object]] = field(default_factory=list)
     unreadable: int = 0
     chain: Chain = field(default_factory=Chain)
 
-    def catch_up(self) -> bool:
-        """Read what is new; whether anything changed."""
+    def catch_up(self) -> tuple[bool, list[dict[str, object]]] | None:
+        """The entries appended since the last look, and whether they start over (the file shrank, or was
+        rewritten in place); None when nothing changed."""
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
-            changed = self.stamp is not None
+            if self.stamp is None:
+                return None
             self.__init__(self.path)  # type: ignore[misc]
-            return changed
+            return True, []
         stamp = (st.st_size, st.st_mtime_ns)
         if stamp == self.stamp:
-            return False
-        if self.stamp is None or st.st_size < self.offset or st.st_size == self.stamp[0]:
-            # Shorter, or rewritten in place (same size, new time): everything again.
+            return None
+        anew = self.stamp is None or st.st_size < self.offset or st.st_size == self.stamp[0]
+        if anew:
             self.__init__(self.path)  # type: ignore[misc]
         with open(self.path, "rb") as f:
             f.seek(self.offset)
@@ -51,22 +54,19 @@ class FileTail:
         # Only whole lines: an append in progress is read at the next look.
         data = data[: data.rfind(b"\n") + 1]
         entries, unreadable = parse_lines(data)
-        self.entries += entries
         self.unreadable += len(unreadable)
         self.chain = self.chain.follow(split_lines(data)) if data else self.chain
         self.offset += len(data)
         self.stamp = stamp
-        return True
+        return anew, entries
 
 
 @dataclass(frozen=True)
 class LedgerPicture:
-    """One reading: the inventory (with drift), the moves into each environment newest first, and run lines."""
+    """One reading: the inventory (with drift), and the newest moves into each environment."""
 
     inventory: Inventory
-    moves: dict[str, list[Move]]  # environment -> newest first, at most HISTORY_MAX
-    move_counts: dict[str, int]
-    runs: dict[str, list[dict[str, object]]]  # run id -> its lines, in order (file ledger only)
+    moves: dict[str, tuple[list[Move], int]]  # environment -> newest first (at most HISTORY_MAX), and how many
 
 
 class LedgerView:
@@ -76,12 +76,14 @@ class LedgerView:
         self.workspace = workspace
         self.ledger = open_ledger(workspace, ledger_url)
         self.tail = None if ledger_url else FileTail(workspace / "ledger.jsonl")
+        self.replay = Replay()
+        self.runs: dict[str, list[dict[str, object]]] = {}  # file ledger: run id -> its newest lines
         self.ledger_stamp: object = None
         self.folder_stamp: object = None
         self.placed: dict[str, dict[str, Placement]] = {}
         self.skipped = 0
         self.chain = Chain()
-        self.picture = LedgerPicture(Inventory({}, 0, Chain(), self.ledger.name), {}, {}, {})
+        self.picture = LedgerPicture(Inventory({}, 0, Chain(), self.ledger.name), {})
         self.histories: dict[tuple[object, str], tuple[list[Move], int]] = {}
 
     def refresh(self) -> bool:
@@ -99,13 +101,16 @@ class LedgerView:
             if found:
                 placements[env] = found
         inventory = Inventory(placements, self.skipped, self.chain, self.ledger.name)
-        self.picture = LedgerPicture(inventory, self.picture.moves, self.picture.move_counts, self.picture.runs)
+        moves = self.picture.moves
+        if self.tail is not None and changed:
+            moves = {env: self.replay.newest_moves(env, HISTORY_MAX) for env in ENVIRONMENTS}
+        self.picture = LedgerPicture(inventory, moves)
         return True
 
     def history(self, env: str) -> tuple[list[Move], int]:
         """The moves into env, newest first (at most HISTORY_MAX), and how many there are in all."""
         if self.tail is not None:
-            return self.picture.moves.get(env, []), self.picture.move_counts.get(env, 0)
+            return self.picture.moves.get(env, ([], 0))
         key = (self.ledger_stamp, env)
         if key not in self.histories:
             entries, _, total = self.ledger.history_view(env, None, HISTORY_MAX)
@@ -117,24 +122,29 @@ class LedgerView:
     def run_lines(self, run_id: str) -> list[dict[str, object]]:
         """The ledger lines of one run, in order (the newest RUN_LINES_MAX)."""
         if self.tail is not None:
-            return self.picture.runs.get(run_id, [])
+            return list(self.runs.get(run_id, []))[-RUN_LINES_MAX:]
         return self.ledger.run_entries(run_id, RUN_LINES_MAX)
 
     def _read_ledger(self) -> bool:
         if self.tail is not None:
-            if not self.tail.catch_up():
+            new = self.tail.catch_up()
+            if new is None:
                 return False
-            entries, unreadable, chain = self.tail.entries, self.tail.unreadable, self.tail.chain
-        else:
-            stamp = self.ledger.chain()
-            if stamp == self.ledger_stamp:
-                return False
-            self.ledger_stamp = stamp
-            entries, unreadable, chain = self.ledger.inventory_view()
-        self.placed, moves, skipped = replay(entries)
+            anew, entries = new
+            if anew:
+                self.replay, self.runs = Replay(), {}
+            self.replay.feed(entries)
+            _add_runs(self.runs, entries)
+            self.placed = self.replay.placements()
+            self.skipped, self.chain = self.tail.unreadable + self.replay.skipped, self.tail.chain
+            return True
+        stamp = self.ledger.chain()
+        if stamp == self.ledger_stamp:
+            return False
+        self.ledger_stamp = stamp
+        entries, unreadable, chain = self.ledger.inventory_view()
+        self.placed, _, skipped = replay(entries)
         self.skipped, self.chain = unreadable + skipped, chain
-        if self.tail is not None:
-            self.picture = LedgerPicture(self.picture.inventory, *_by_env(moves), _by_run(entries))
         return True
 
     def _folders(self) -> tuple[tuple[str, int, int], ...]:
@@ -152,19 +162,11 @@ class LedgerView:
         return tuple(sorted(seen))
 
 
-def _by_env(moves: list[Move]) -> tuple[dict[str, list[Move]], dict[str, int]]:
-    newest: dict[str, list[Move]] = {env: [] for env in ENVIRONMENTS}
-    counts = dict.fromkeys(ENVIRONMENTS, 0)
-    for m in reversed(moves):
-        counts[m.env] += 1
-        if len(newest[m.env]) < HISTORY_MAX:
-            newest[m.env].append(m)
-    return newest, counts
-
-
-def _by_run(entries: list[dict[str, object]]) -> dict[str, list[dict[str, object]]]:
-    runs: dict[str, list[dict[str, object]]] = {}
+def _add_runs(runs: dict[str, list[dict[str, object]]], entries: list[dict[str, object]]) -> None:
+    """Each entry under its run, keeping about the newest RUN_LINES_MAX of each."""
     for e in entries:
         if isinstance(run := e.get("run_id"), str):
-            runs.setdefault(run, []).append(e)
-    return {run: lines[-RUN_LINES_MAX:] for run, lines in runs.items()}
+            lines = runs.setdefault(run, [])
+            lines.append(e)
+            if len(lines) > 2 * RUN_LINES_MAX:
+                del lines[:-RUN_LINES_MAX]
