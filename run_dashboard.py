@@ -54,14 +54,15 @@ def serve(dash: Dashboard, dashboard: DashboardSettings) -> int:
             file=sys.stderr,
         )
         return 2
-    mode = (
-        f"acting as the person {dashboard.user_header} names, from {', '.join(sorted(dashboard.proxies))} only"
-        if dashboard.proxies
-        else "read-only (no DASHBOARD_TRUSTED_PROXY)"
-    )
+    if dashboard.local_user:
+        mode = f"requests from this machine act as {dashboard.local_user} (DASHBOARD_LOCAL_USER)"
+    elif dashboard.proxies:
+        mode = f"acting as the person {dashboard.user_header} names, from {', '.join(sorted(dashboard.proxies))} only"
+    else:
+        mode = "read-only: no DASHBOARD_TRUSTED_PROXY"
     where = redacted(dash.settings.ledger_url) if dash.settings.ledger_url else dash.settings.workspace / "ledger.jsonl"
     print(
-        f"Dashboard on http://{dashboard.host}:{dashboard.port}/ ({mode}); Temporal {dash.target['target_host']}, "
+        f"Dashboard on http://{dashboard.host}:{dashboard.port}/: {mode}. Temporal {dash.target['target_host']}, "
         f"ledger {where}. Ctrl+C stops it.",
         flush=True,
     )

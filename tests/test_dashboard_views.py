@@ -63,19 +63,29 @@ def test_the_view_of_a_postgresql_ledger_is_its_inventory(tmp_path: Path, ledger
 
 
 @pytest.mark.parametrize(
-    ("proxies", "peer", "header", "acting", "why"),
+    ("proxies", "peer", "header", "acting", "why", "local"),
     [
-        ("", "127.0.0.1", "alice", None, "no trusted proxy is configured"),
-        ("10.0.0.5", "127.0.0.1", "alice", None, "did not come through the trusted proxy"),
-        ("10.0.0.5", "10.0.0.5", "", None, "the proxy named nobody"),
-        ("10.0.0.5", "10.0.0.5", "ali\ncе", None, "control characters"),
-        ("10.0.0.5,127.0.0.1", "10.0.0.5", " alice ", "alice", None),
+        ("", "127.0.0.1", "alice", None, "no trusted proxy is configured", ""),
+        ("10.0.0.5", "127.0.0.1", "alice", None, "did not come through the trusted proxy", ""),
+        ("10.0.0.5", "10.0.0.5", "", None, "the proxy named nobody", ""),
+        ("10.0.0.5", "10.0.0.5", "ali\ncе", None, "control characters", ""),
+        ("10.0.0.5,127.0.0.1", "10.0.0.5", " alice ", "alice", None, ""),
+        # DASHBOARD_LOCAL_USER: this machine acts as that person, whatever a header says; others do not.
+        ("", "127.0.0.1", "bob", "alice", None, "alice"),
+        ("", "10.0.0.9", "alice", None, "no trusted proxy is configured", "alice"),
     ],
 )
 def test_who_acts_is_whom_the_trusted_proxy_names(
-    monkeypatch: pytest.MonkeyPatch, proxies: str, peer: str, header: str, acting: str | None, why: str | None
+    monkeypatch: pytest.MonkeyPatch,
+    proxies: str,
+    peer: str,
+    header: str,
+    acting: str | None,
+    why: str | None,
+    local: str,
 ) -> None:
     monkeypatch.setenv("DASHBOARD_TRUSTED_PROXY", proxies)
+    monkeypatch.setenv("DASHBOARD_LOCAL_USER", local)
     settings = DashboardSettings.from_env()
     viewer = settings.viewer(peer, {"x-forwarded-user": header} if header else {})
     assert viewer.name == acting

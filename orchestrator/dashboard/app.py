@@ -237,8 +237,7 @@ async def _act(dash: Dashboard, request: Request) -> Response:
     if ok:
         await dash.refresh()
     print(
-        f"dashboard: {viewer.name or '-'} {action}: {'ok' if ok else 'refused'}: {text} "
-        f"({time.monotonic() - started:.2f} s)",
+        f"dashboard: {viewer.name or '-'} {action}: {text} ({time.monotonic() - started:.2f} s)",
         flush=True,
     )
     if request.headers.get("hx-request"):

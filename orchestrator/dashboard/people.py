@@ -37,6 +37,8 @@ class DashboardSettings:
     proxies: frozenset[str]
     user_header: str
     secret: bytes
+    # DASHBOARD_LOCAL_USER: who acts for requests from this machine (a demo on one person's machine).
+    local_user: str | None = None
 
     @classmethod
     def from_env(cls) -> DashboardSettings:
@@ -57,10 +59,15 @@ class DashboardSettings:
         header = env.get("DASHBOARD_USER_HEADER", "").strip() or DEFAULT_USER_HEADER
         secret = env.get("DASHBOARD_SECRET", "").encode() or secrets.token_bytes(32)
         host = env.get("DASHBOARD_HOST", "").strip() or DEFAULT_HOST
-        return cls(host, int(port), proxies, header, secret)
+        local = env.get("DASHBOARD_LOCAL_USER", "").strip() or None
+        if local is not None:
+            local = check_approver(local, "acts (DASHBOARD_LOCAL_USER)")
+        return cls(host, int(port), proxies, header, secret, local)
 
     def viewer(self, peer: str | None, headers: dict[str, str]) -> Viewer:
         """Who sends this request, from its peer address and the proxy's header."""
+        if self.local_user is not None and peer is not None and ipaddress.ip_address(peer).is_loopback:
+            return Viewer(self.local_user, None, self.token_for(self.local_user))
         if not self.proxies:
             return Viewer(None, "read-only: no trusted proxy is configured (DASHBOARD_TRUSTED_PROXY)")
         if peer not in self.proxies:
