@@ -58,12 +58,12 @@ async def grid_cells(page: Any) -> dict[str, dict[str, dict[str, str | None]]]:
         """tds => tds.map(td => ({env: td.dataset.env, container: td.dataset.container,
             version: td.dataset.version, state: td.dataset.state,
             link: td.querySelector('a.release')?.getAttribute('href') || null,
-            meta: td.querySelector('.meta').textContent}))""",
+            approver: td.querySelector('.approver').textContent}))""",
     )
     shown: dict[str, dict[str, dict[str, str | None]]] = {}
     for c in cells:
         key, _, run = (c["link"] or "").removeprefix("/releases/").partition("?run=")
-        approver = c["meta"].split(",")[0].removeprefix("approved by ") if c["meta"].startswith("approved by") else None
+        approver = c["approver"].removeprefix("approved by ") if c["approver"].startswith("approved by ") else None
         shown.setdefault(c["env"], {})[c["container"]] = {
             "version": c["version"],
             "state": c["state"],

@@ -71,8 +71,10 @@ def waiting_of(key: str, state: ReleaseState) -> list[Waiting]:
     if state.status == FROZEN:
         found.append(Waiting(key, "the end of a freeze window, or an unfreeze", "unfreeze"))
     # One entry approval per environment, whichever deploy shows it.
-    seen: set[tuple[str, str | None, str | None]] = set()
-    return [w for w in found if (k := (w.action, w.deploy, w.env)) not in seen and not seen.add(k)]  # type: ignore[func-returns-value]
+    unique: dict[tuple[str, str | None, str | None], Waiting] = {}
+    for w in found:
+        unique.setdefault((w.action, w.deploy, w.env), w)
+    return list(unique.values())
 
 
 @dataclass
