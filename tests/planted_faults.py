@@ -393,6 +393,29 @@ FAULTS = [
         "if False:",
         "test_trust.py",
     ),
+    # --- the dashboard
+    _fault(
+        "the dashboard acts without its form's token",
+        "_act",
+        'elif not dash.dashboard.token_ok(viewer, form.get("csrf", "")):',
+        "elif False:",
+        "test_dashboard.py",
+    ),
+    _fault(
+        "the dashboard trusts the proxy's header from any address",
+        "DashboardSettings.viewer",
+        "if peer not in self.proxies:",
+        "if False:",
+        "test_dashboard.py",
+        "test_dashboard_views.py",
+    ),
+    _fault(
+        "the dashboard misses a ledger rewritten in place",
+        "FileTail.catch_up",
+        " or st.st_size == self.stamp[0]",
+        "",
+        "test_dashboard_views.py",
+    ),
     _fault(
         "inventory exits 0 whatever it found",
         "print_inventory",
