@@ -120,12 +120,11 @@ class _Lock:
         self.waiters.append(req)
 
 
-@workflow.defn(versioning_behavior=VersioningBehavior.AUTO_UPGRADE)
+@workflow.defn
 class StandingLockWorkflow(_Lock):
     """A target's lock, standing: a free lock granted by an Update costs one workflow task and no start.
 
-    AUTO_UPGRADE, not pinned like a release: it never ends, so it moves to the current worker version at its
-    next task; a change to it goes behind `workflow.patched` (docs/design.md, Versioning).
+    A versioned worker runs it as UpgradingLockWorkflow (below); a change to it goes behind `workflow.patched`.
     """
 
     @workflow.update
@@ -220,8 +219,23 @@ async def _tell(req: LockRequest, signal: str) -> bool:
     return True
 
 
-# The lock workflows a worker runs: the standing lock, and the 1.1 lock while its runs drain.
-LOCK_WORKFLOWS = [StandingLockWorkflow, TargetLockWorkflow]
+@workflow.defn(name="StandingLockWorkflow", versioning_behavior=VersioningBehavior.AUTO_UPGRADE)
+class UpgradingLockWorkflow(StandingLockWorkflow):
+    """The standing lock on a versioned worker: AUTO_UPGRADE, not pinned like a release. It never ends, so it
+    moves to the current worker version at its next task (docs/design.md, Versioning). The server refuses a
+    versioning behavior from an unversioned worker, hence a class of its own."""
+
+    @workflow.run
+    async def run(self, state: LockState) -> None:
+        await super().run(state)
+
+
+def lock_workflows(versioned: bool) -> list[type]:
+    """The lock workflows a worker runs: the standing lock, and the 1.1 lock while its runs drain."""
+    return [UpgradingLockWorkflow if versioned else StandingLockWorkflow, TargetLockWorkflow]
+
+
+LOCK_WORKFLOWS = lock_workflows(versioned=False)
 
 
 class LockActivities:
