@@ -1150,7 +1150,7 @@ def rows_of(b: Bench) -> list[dict]:
                 row(
                     f"Throughput, {count} floors at once ({s}); ratio release / floor",
                     f"{floor['floors_per_second']:.2f} floors/s (CPU per floor: worker and client "
-                    f"{secs(cpu['worker and client'] / count)}, server {secs(cpu['server'] / count)}); "
+                    f"{secs(cpu['worker and client'] / int(count))}, server {secs(cpu['server'] / int(count))}); "
                     f"ratio {ratio:.2f}x",
                     "≥ 0.8x" if s == "memory" else "",
                     ratio >= 0.8 and not partial if s == "memory" and ratio is not None else None,
@@ -1213,9 +1213,9 @@ def rows_of(b: Bench) -> list[dict]:
             "≤ 66",
             per["events"] <= 66,
         )
-    flat = b.get("history.floor_flat")
-    if flat:
-        row("History of the floor (one workflow)", f"{flat['events']} events, {flat['workflow_tasks']} workflow tasks")
+    one = b.get("history.floor_flat")
+    if one:
+        row("History of the floor (one workflow)", f"{one['events']} events, {one['workflow_tasks']} workflow tasks")
     if floor:
         child = floor.get("child") or {"events": 0, "workflow_tasks": 0}
         row(
@@ -1386,11 +1386,10 @@ async def main(cfg: Config) -> int:
         "wall_seconds": round(wall, 1),
         "table": table,
     }
-    if not interrupted:
-        cfg.output.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    # Written when interrupted too ("interrupted": true): the phases done are worth keeping.
+    cfg.output.write_text(json.dumps(report, indent=2, default=str) + "\n")
     print(table, flush=True)
-    if not interrupted:
-        print(f"\n(figures written to {cfg.output})", file=sys.stderr, flush=True)
+    print(f"\n(figures written to {cfg.output})", file=sys.stderr, flush=True)
     for failure in bench.failed:
         print(f"failed: {failure['phase']}: {failure['error']}", file=sys.stderr, flush=True)
     if interrupted:
