@@ -29,7 +29,7 @@ try:
     from orchestrator.catalog import check_failing_checks, load_catalog
     from orchestrator.errors import CatalogError, ReleaseError
     from orchestrator.ledger import open_ledger
-    from orchestrator.locks import LockActivities, TargetLockWorkflow
+    from orchestrator.locks import LockActivities, lock_workflows
     from orchestrator.settings import Settings, redacted
     from orchestrator.versioning import default_build_id, deployment_config, make_current, supported
     from orchestrator.worker_settings import check_running, settings_line, settings_of
@@ -195,7 +195,7 @@ async def serve(client: Client, settings: Settings, target: dict, build_id: str 
         worker = Worker(
             client,
             task_queue=settings.task_queue,
-            workflows=[ReleaseWorkflow, TargetLockWorkflow],
+            workflows=[ReleaseWorkflow, *lock_workflows(versioned=build_id is not None)],
             activities=[*acts.all(), *LockActivities(client).all()],
             activity_executor=executor,
             max_concurrent_activities=MAX_CONCURRENT_STEPS,

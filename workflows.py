@@ -131,7 +131,8 @@ class ReleaseWorkflow:
                 check_approver(request.by, "starts it")
             except ValueError as e:
                 raise ApplicationError(f"release {key}: {e}", type="InvalidInput", non_retryable=True) from None
-        release = self._started_by_1_0(request) if request.model_extra else None
+        if request.model_extra:
+            self._refuse_extra(request)
         if request.rollback is not None:
             if request.by is None:
                 raise ApplicationError(
@@ -139,7 +140,7 @@ class ReleaseWorkflow:
                 )
             release = await bookkeeping(ReleaseActivities.gather_rollback, request, f"gather {key}")
             release = release.model_copy(update={"identity": request.identity})
-        elif release is None or not release.deploys:
+        else:
             gathered = await bookkeeping(ReleaseActivities.gather_deployments, key, f"gather deploys of {key}")
             update = {"now": request.now, "started_by": request.by, "identity": request.identity}
             release = gathered.model_copy(update=update)
@@ -147,16 +148,14 @@ class ReleaseWorkflow:
             raise ApplicationError(f"release {key} has no deploys", non_retryable=True)
         self.release.gathered(release)
 
-    def _started_by_1_0(self, request: ReleaseRequest) -> ReleaseInfo:
-        """An input with fields no person chooses: refused, but for a release started by 1.0, whose rollback-env
-        sent its whole release (docs/design.md, Patches: trust-boundary)."""
-        if workflow.patched("trust-boundary"):
-            names = ", ".join(sorted(request.model_extra or {}))
-            raise ApplicationError(
-                f"release {request.release_key}: its input holds {clip(names, 200)}, which no person chooses: a "
-                "release's input is its key, now, who starts it and a rollback target; the worker's catalog gives "
-                "the rest",
-                type="InvalidInput",
-                non_retryable=True,
-            )
-        return ReleaseInfo.model_validate(request.model_dump())
+    def _refuse_extra(self, request: ReleaseRequest) -> None:
+        """An input with fields no person chooses is refused (since 1.1; docs/design.md, Patches: trust-boundary)."""
+        workflow.deprecate_patch("trust-boundary")
+        names = ", ".join(sorted(request.model_extra or {}))
+        raise ApplicationError(
+            f"release {request.release_key}: its input holds {clip(names, 200)}, which no person chooses: a "
+            "release's input is its key, now, who starts it and a rollback target; the worker's catalog gives "
+            "the rest",
+            type="InvalidInput",
+            non_retryable=True,
+        )

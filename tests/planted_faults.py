@@ -257,6 +257,13 @@ FAULTS = [
         "test_locks.py",
     ),
     _fault(
+        "a standing lock grants a target that another release holds",
+        "StandingLockWorkflow.take",
+        "        if self.owner is None and not self.waiters:\n",
+        "        if True:\n",
+        "test_locks.py",
+    ),
+    _fault(
         "a freeze that begins while a deploy waits to enter is not waited out",
         "Deploys._may_enter",
         "        await self.freeze.wait_out(step)\n",

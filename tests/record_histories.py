@@ -29,8 +29,8 @@ from workflows import ReleaseWorkflow
 HISTORIES = Path(__file__).parent / "histories"
 # The baseline these files are recorded from (the project's version, major.minor), and the one before it, whose
 # lock histories must still replay; older baselines are removed (docs/design.md, Versioning).
-BASELINE = "1.1"
-PREVIOUS_BASELINE: str | None = "1.0"
+BASELINE = "1.2"
+PREVIOUS_BASELINE: str | None = "1.1"
 
 # scenario: (release key, failure injector, whether the release succeeds)
 SCENARIOS = {
@@ -156,7 +156,7 @@ async def record(env: WorkflowEnvironment, scenario: str) -> list[Path]:
                 await other.result()
     runs: list[tuple[str, str | None]] = [(handle.id, None)] if other is None else [(handle.id, None), (other.id, None)]
     if scenario == "race":
-        query = f"WorkflowType = 'TargetLockWorkflow' AND TaskQueue = '{task_queue}'"
+        query = f"WorkflowType = 'StandingLockWorkflow' AND TaskQueue = '{task_queue}'"
         runs += sorted([(lock.id, lock.run_id) async for lock in env.client.list_workflows(query)])
     written = []
     for i, (workflow_id, run_id) in enumerate(runs):

@@ -17,12 +17,13 @@ from pathlib import Path
 
 from temporalio import activity
 from temporalio.api.history.v1 import ActivityTaskStartedEventAttributes
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities import ReleaseActivities
-from orchestrator.locks import LockActivities, LockAnswer, LockMove, TargetLockWorkflow
+from orchestrator.locks import LOCK_WORKFLOWS, LockActivities, LockAnswer, LockMove, StandingLockWorkflow
 from release_management import ReleaseManagement
 from shared import StepInput, StepResult
 from tests.conftest import REPO
@@ -208,8 +209,8 @@ async def eventually(probe: Callable[[], Awaitable[bool]], limit: float = 30) ->
 class TrackedLocks(LockActivities):
     """The lock activity, remembering which locks it asked for.
 
-    On the time-skipping server a workflow task nobody will run stops the clock for
-    every later test, so a worker leaving a test first lets its locks end.
+    Standing locks never end: a worker leaving a test first waits until its locks are free (nobody owns or waits
+    for them), then terminates them, so that no lock of a finished test lingers on the shared test server.
     """
 
     def __init__(self, client: Client) -> None:
@@ -224,15 +225,23 @@ class TrackedLocks(LockActivities):
 
     async def settle(self, limit: float = 5) -> None:
         handles = [self.client.get_workflow_handle(i) for i in sorted(self.ids)]
+
+        async def free(handle: WorkflowHandle) -> bool:
+            if (await handle.describe()).status != WorkflowExecutionStatus.RUNNING:
+                return True
+            owner = await handle.query(StandingLockWorkflow.owner_request)
+            return owner is None and not await handle.query(StandingLockWorkflow.waiting)
+
         try:
             async with asyncio.timeout(limit):
                 for handle in handles:
-                    while (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:  # noqa: ASYNC110
+                    while not await free(handle):  # noqa: ASYNC110
                         await asyncio.sleep(0.02)
-        except TimeoutError:
-            for handle in handles:
-                if (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
-                    await handle.terminate("the test that used this lock is over")
+        except (TimeoutError, RPCError):
+            pass
+        for handle in handles:
+            if (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
+                await handle.terminate("the test that used this lock is over")
 
 
 def activity_name(fn: Callable[..., object]) -> str:
@@ -262,7 +271,7 @@ async def in_process_worker(
         async with Worker(
             env.client,
             task_queue=task_queue,
-            workflows=[ReleaseWorkflow, TargetLockWorkflow],
+            workflows=[ReleaseWorkflow, *LOCK_WORKFLOWS],
             activities=activities,
             activity_executor=executor,
         ):

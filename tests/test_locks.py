@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from datetime import datetime
 from pathlib import Path
 
 from temporalio import activity
-from temporalio.client import WorkflowHandle
-from temporalio.testing import WorkflowEnvironment
+from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
+from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
-from orchestrator.locks import LockActivities, LockAnswer, LockMove, TargetLockWorkflow
+from orchestrator.locks import (
+    LockActivities,
+    LockAnswer,
+    LockMove,
+    LockRequest,
+    LockState,
+    StandingLockWorkflow,
+    TargetLockWorkflow,
+    lock_id,
+)
 from release_management import ReleaseManagement
-from shared import ReleaseRequest, ReleaseState
+from shared import ENVIRONMENTS, ReleaseRequest, ReleaseState
 from tests.conftest import CATALOG
 from tests.support import GatedStep, eventually, in_process_worker
 from workflows import ReleaseWorkflow
@@ -101,7 +111,7 @@ async def test_a_grant_that_comes_before_the_answer_to_the_request_is_not_lost(
                 wanted = move.take[answers.index(answer)].owner_id
 
                 async def granted(lock: WorkflowHandle = lock, wanted: str = wanted) -> bool:
-                    owner = await lock.query(TargetLockWorkflow.owner_request)
+                    owner = await lock.query(StandingLockWorkflow.owner_request)
                     return owner is not None and owner.owner_id == wanted
 
                 await eventually(granted)
@@ -118,3 +128,50 @@ async def test_a_grant_that_comes_before_the_answer_to_the_request_is_not_lost(
     history = await second.fetch_history()
     fired = [e for e in history.events if e.HasField("timer_fired_event_attributes")]
     assert fired == [], "the grant was dropped: the release waited for its ask-again timer"
+
+
+async def test_locks_stand_a_free_target_costs_no_workflow_start(tmp_path: Path, ts_env: WorkflowEnvironment) -> None:
+    """Each target's lock is one standing workflow: a second release takes and gives back the same runs, none new."""
+    rm = ReleaseManagement(tmp_path, CATALOG)
+    async with in_process_worker(ts_env, rm) as tq:
+        assert (await (await start(ts_env, tq, INITIAL)).result()).status == "SUCCESS"
+        targets = [f"{place}/{c}" for place in ("artifactory", *ENVIRONMENTS) for c in ("frontend", "sbstore")]
+        locks = {t: ts_env.client.get_workflow_handle(lock_id(tq, t)) for t in targets}
+        runs = {t: (await h.describe()).run_id for t, h in locks.items()}
+        assert (await (await start(ts_env, tq, HOTFIX)).result()).status == "SUCCESS"
+        for target, handle in locks.items():
+            described = await handle.describe()
+            assert (described.run_id, described.workflow_type) == (runs[target], "StandingLockWorkflow"), target
+            assert described.status == WorkflowExecutionStatus.RUNNING
+            assert await handle.query(StandingLockWorkflow.owner_request) is None, f"{target} is still owned"
+
+
+def _request(owner: str, target: str = "DEV/frontend") -> LockRequest:
+    return LockRequest(lock_id="", target=target, owner_id=owner, owner_run_id="r", release_key=f"KEY-{owner}")
+
+
+async def test_the_1_1_lock_and_the_standing_lock_answer_each_other(
+    tmp_path: Path, ts_env: WorkflowEnvironment
+) -> None:
+    """While 1.1 runs drain: a 1.2 activity asks a 1.1 lock run the 1.1 way, and a standing lock queues a 1.1
+    release's request signal. Both say who holds the lock."""
+    rm = ReleaseManagement(tmp_path, CATALOG)
+    async with in_process_worker(ts_env, rm) as tq:
+        acts = ActivityEnvironment()
+        acts.info = dataclasses.replace(acts.info, task_queue=tq)
+        old_id = lock_id(tq, "DEV/frontend")
+        holder = _request("a").model_copy(update={"lock_id": old_id})
+        old = await ts_env.client.start_workflow(
+            TargetLockWorkflow.run, LockState(target="DEV/frontend", owner=holder), id=old_id, task_queue=tq
+        )
+        [answer] = await acts.run(LockActivities(ts_env.client).move_locks, LockMove(take=[_request("b")]))
+        assert (answer.granted, answer.owner) == (False, "KEY-a")
+        await old.terminate("the test is over")
+
+        [first] = await acts.run(LockActivities(ts_env.client).move_locks, LockMove(take=[_request("a", "QC/x")]))
+        assert first.granted
+        standing = ts_env.client.get_workflow_handle(first.lock_id)
+        await standing.signal(StandingLockWorkflow.request, _request("b", "QC/x"))
+        assert await standing.query(StandingLockWorkflow.waiting) == 1
+        assert (await standing.query(StandingLockWorkflow.owner_request)).release_key == "KEY-a"  # type: ignore[union-attr]
+        await standing.terminate("the test is over")

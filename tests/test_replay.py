@@ -19,7 +19,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
 
 import orchestrator.flow.steps as steps
-from orchestrator.locks import TargetLockWorkflow
+from orchestrator.locks import LOCK_WORKFLOWS
 from tests.record_histories import BASELINE, HISTORIES, PREVIOUS_BASELINE, SCENARIOS
 from workflows import ReleaseWorkflow
 
@@ -40,8 +40,10 @@ def workflow_type(path: Path) -> str:
 def test_the_baselines_are_the_current_one_and_the_one_before() -> None:
     assert {p.name for p in HISTORIES.iterdir() if p.is_dir()} == {BASELINE, *([PREVIOUS_BASELINE] or [])} - {None}
     assert {p.name.split(".")[0] for p in CURRENT} == set(SCENARIOS)
-    assert {workflow_type(p) for p in CURRENT} == {"ReleaseWorkflow", "TargetLockWorkflow"}
-    assert sum(workflow_type(p) == "TargetLockWorkflow" for p in CURRENT) >= 6
+    assert {workflow_type(p) for p in CURRENT} == {"ReleaseWorkflow", "StandingLockWorkflow"}
+    assert sum(workflow_type(p) == "StandingLockWorkflow" for p in CURRENT) >= 6
+    # The 1.1 lock, kept while its runs drain, replays its own histories.
+    assert {workflow_type(p) for p in PREVIOUS} == {"ReleaseWorkflow", "TargetLockWorkflow"}
 
 
 REPLAYED = CURRENT + PREVIOUS
@@ -49,7 +51,7 @@ REPLAYED = CURRENT + PREVIOUS
 
 @pytest.mark.parametrize("path", REPLAYED, ids=lambda p: f"{p.parent.name}/{p.stem}")
 async def test_recorded_history_replays(path: Path) -> None:
-    replayer = Replayer(workflows=[ReleaseWorkflow, TargetLockWorkflow], data_converter=pydantic_data_converter)
+    replayer = Replayer(workflows=[ReleaseWorkflow, *LOCK_WORKFLOWS], data_converter=pydantic_data_converter)
     await replayer.replay_workflow(load(path))
 
 
@@ -71,7 +73,7 @@ def deploy_and_test_swapped() -> Iterator[None]:
 async def replay_failures(paths: list[Path]) -> dict[str, Exception]:
     """Replay the histories in this process (the swap lives only here); the failures by history file name."""
     replayer = Replayer(
-        workflows=[ReleaseWorkflow, TargetLockWorkflow],
+        workflows=[ReleaseWorkflow, *LOCK_WORKFLOWS],
         data_converter=pydantic_data_converter,
         workflow_runner=UnsandboxedWorkflowRunner(),
     )

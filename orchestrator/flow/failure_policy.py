@@ -76,9 +76,9 @@ class FailurePolicy:
                 by, identity = check_approver(person.approver), person.identity
                 if decision == "retry":
                     # A new try of the checks, for a fix made outside; Temporal's retries keep their verdicts.
-                    # Recorded in the ledger (a release started by 1.0 did not: docs/design.md, Patches).
-                    if workflow.patched("record-retry"):
-                        await record(self.run, "retry", by, [d.deploy_key], [step.env], person.identity)
+                    # Recorded in the ledger (since 1.1: docs/design.md, Patches).
+                    workflow.deprecate_patch("record-retry")
+                    await record(self.run, "retry", by, [d.deploy_key], [step.env], person.identity)
                     step = step.model_copy(update={"retry": step.retry + 1})
                     continue
                 action = "rollback"
@@ -160,10 +160,10 @@ class FailurePolicy:
         deploy.waiting_for = f"a person: retry or rollback ({failure})"
         self.run.event(f"{deploy.artifact} is held in {step.env}: retry or rollback")
         self.run.set_status(HELD)
-        # Recorded, for inventory to say "held" (a release started by 1.1.0's first build did not: Patches).
-        if workflow.patched("record-hold"):
-            summary = f"record {deploy.artifact} held in {step.env}"
-            await record(self.run, "hold", "on_failure: hold", [d.deploy_key], [step.env], summary=summary)
+        # Recorded, for inventory to say "held" (since 1.1: docs/design.md, Patches).
+        workflow.deprecate_patch("record-hold")
+        summary = f"record {deploy.artifact} held in {step.env}"
+        await record(self.run, "hold", "on_failure: hold", [d.deploy_key], [step.env], summary=summary)
         try:
             await workflow.wait_condition(lambda: d.deploy_key in self.decisions)
         finally:
