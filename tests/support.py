@@ -65,7 +65,9 @@ class WorkerProcess:
         self.env, self.log = env, log
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 30) -> WorkerProcess:
+    def start(self, timeout: float = 30, may_exit: bool = False) -> WorkerProcess:
+        """Start it and wait for its ready line; may_exit: a worker whose injected failure ends it (EXIT_CODE)
+        before that line, having taken a task first, is started too (the caller counts its exit)."""
         offset = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
@@ -73,6 +75,8 @@ class WorkerProcess:
             )
         deadline = time.monotonic() + timeout
         while b"Worker ready" not in self.log.read_bytes()[offset:]:
+            if may_exit and self.proc.poll() == EXIT_CODE:
+                return self
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"worker did not start:\n{self.log.read_text()}")
             time.sleep(0.05)
@@ -196,7 +200,7 @@ async def worker_exits(
         exits += 1
         assert exits < limit, "the worker keeps dying"
         yield exits
-        workers.append(WorkerProcess(workers[-1].env, workers[-1].log).start())
+        workers.append(WorkerProcess(workers[-1].env, workers[-1].log).start(may_exit=True))
 
 
 async def eventually(probe: Callable[[], Awaitable[bool]], limit: float = 30) -> None:

@@ -36,9 +36,18 @@ from orchestrator.flow.release_run import RELEASE_STATUS_ATTRIBUTE
 from orchestrator.names import printable
 from orchestrator.render import render_progress
 from orchestrator.settings import Settings
-from shared import FROZEN, Approval, Decision, ReleaseState, Unfreeze, release_workflow_id
+from shared import (
+    FROZEN,
+    Approval,
+    ApprovalReply,
+    Decision,
+    DecisionReply,
+    ReleaseState,
+    Unfreeze,
+    UnfreezeReply,
+    release_workflow_id,
+)
 from utils import script_command
-from workflows import ReleaseWorkflow
 
 
 def status_word(status: WorkflowExecutionStatus | None) -> str:
@@ -122,10 +131,13 @@ def _print_state(state: ReleaseState, key: str) -> None:
             print(f"  {d.artifact} is held: {retry}  (after a fix), or {back}")
 
 
-async def send_update(handle: WorkflowHandle, update: Any, arg: BaseModel, key: str, what: str) -> Any:
-    """The release's answer to an update; its validator's refusal, or no answer, as a UserError."""
+async def send_update(
+    handle: WorkflowHandle, update: str, arg: BaseModel, reply: type[BaseModel], key: str, what: str
+) -> Any:
+    """The release's answer to the Update named `update` (ReleaseWorkflow's: named, so that the command line does
+    not import the workflow code); its validator's refusal, or no answer, as a UserError."""
     try:
-        return await handle.execute_update(update, arg, rpc_timeout=waits.WORKER_ANSWER)
+        return await handle.execute_update(update, arg, result_type=reply, rpc_timeout=waits.WORKER_ANSWER)
     except WorkflowUpdateFailedError as e:
         cause = root_cause(e)
         raise UserError(getattr(cause, "message", str(cause))) from None
@@ -144,7 +156,7 @@ async def approve(
 ) -> int:
     handle = await running_release(client, settings, key, "approve")
     approval = Approval(approver=approver, deploy=deploy, env=env, identity=client.identity)
-    reply = await send_update(handle, ReleaseWorkflow.approve, approval, key, "approval")
+    reply = await send_update(handle, "approve", approval, ApprovalReply, key, "approval")
     approved = ", ".join(reply.approved) or "nothing"
     print(f"Approved by {approver}: {approved}; still waiting: {', '.join(reply.still_waiting) or 'nothing'}")
     return 0
@@ -153,16 +165,15 @@ async def approve(
 async def unfreeze(client: Client, settings: Settings, key: str, approver: str) -> int:
     handle = await running_release(client, settings, key, "unfreeze")
     unfreeze = Unfreeze(approver=approver, identity=client.identity)
-    reply = await send_update(handle, ReleaseWorkflow.unfreeze, unfreeze, key, "unfreeze")
+    reply = await send_update(handle, "unfreeze", unfreeze, UnfreezeReply, key, "unfreeze")
     print(f"Unfrozen by {approver}: release {key} promotes into {', '.join(reply.environments)} now ({reply.status})")
     return 0
 
 
 async def decide(client: Client, settings: Settings, key: str, action: str, approver: str, deploy: str | None) -> int:
     handle = await running_release(client, settings, key, action)
-    update = ReleaseWorkflow.retry if action == "retry" else ReleaseWorkflow.rollback
     decision = Decision(approver=approver, deploy=deploy, identity=client.identity)
-    reply = await send_update(handle, update, decision, key, action)
+    reply = await send_update(handle, action, decision, DecisionReply, key, action)
     print(f"{action.capitalize()} of {reply.deploy} asked by {approver} (release {key}: {reply.status})")
     return 0
 
@@ -170,7 +181,7 @@ async def decide(client: Client, settings: Settings, key: str, action: str, appr
 async def cancel(client: Client, settings: Settings, key: str, by: str) -> int:
     handle = await running_release(client, settings, key, "cancel")
     # Who cancels, for the release to record; then the cancel itself, which a signal cannot stand in for.
-    await handle.signal(ReleaseWorkflow.cancelled_by, Decision(approver=by, identity=client.identity))
+    await handle.signal("cancelled_by", Decision(approver=by, identity=client.identity))
     await handle.cancel()
     print(f"Cancel requested: release {key} stops once the steps in flight finish.", flush=True)
     try:

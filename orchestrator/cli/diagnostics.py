@@ -24,7 +24,6 @@ from temporalio.service import RPCError, RPCStatusCode
 from orchestrator.cli import waits
 from orchestrator.names import clip, one_line
 from shared import ReleaseState, release_workflow_id
-from workflows import ReleaseWorkflow
 
 # A step that failed this many times in a row is shown with its last error, so no release
 # retries in silence: from its 4th attempt on (after its 3rd failed attempt), once per attempt.
@@ -69,7 +68,8 @@ async def run_status(client: Client, key: str) -> WorkflowExecutionStatus | None
 async def progress(handle: WorkflowHandle) -> ReleaseState | None:
     """The release's state, or None when no worker answers (or the server is away)."""
     try:
-        return await handle.query(ReleaseWorkflow.progress, rpc_timeout=waits.WORKER_ANSWER)
+        # By name: the command line does not import the workflow code.
+        return await handle.query("progress", result_type=ReleaseState, rpc_timeout=waits.WORKER_ANSWER)
     except (TimeoutError, RPCError, WorkflowQueryFailedError):
         return None  # a query that failed once (a worker restarting, say) is asked again at the next look
 

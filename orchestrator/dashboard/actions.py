@@ -16,8 +16,16 @@ from orchestrator.errors import root_cause
 from orchestrator.inventory import check_environment
 from orchestrator.names import check_container_id, check_version, describe_validation_error, printable
 from orchestrator.settings import Settings
-from shared import Approval, Decision, ReleaseRequest, RollbackTarget, Unfreeze
-from workflows import ReleaseWorkflow
+from shared import (
+    Approval,
+    ApprovalReply,
+    Decision,
+    DecisionReply,
+    ReleaseRequest,
+    RollbackTarget,
+    Unfreeze,
+    UnfreezeReply,
+)
 
 # How long a rollback-env's answer is awaited before the page says it runs (a refusal comes within a second).
 ROLLBACK_WAIT_SECONDS = 5
@@ -42,8 +50,9 @@ async def act(client: Client, settings: Settings, target: dict, by: str, action:
     if action == "approve":
         reply = await send_update(
             handle,
-            ReleaseWorkflow.approve,
+            "approve",
             Approval(approver=by, deploy=deploy, env=env, identity=identity),
+            ApprovalReply,
             key,
             "approval",
         )
@@ -51,16 +60,15 @@ async def act(client: Client, settings: Settings, target: dict, by: str, action:
         return f"Approved by {by}: {', '.join(reply.approved) or 'nothing'}; still waiting: {waiting}"
     if action == "unfreeze":
         reply = await send_update(
-            handle, ReleaseWorkflow.unfreeze, Unfreeze(approver=by, identity=identity), key, "unfreeze"
+            handle, "unfreeze", Unfreeze(approver=by, identity=identity), UnfreezeReply, key, "unfreeze"
         )
         return f"Unfrozen by {by}: release {key} promotes into {', '.join(reply.environments)} now ({reply.status})"
     decision = Decision(approver=by, deploy=deploy, identity=identity)
     if action == "cancel":
-        await handle.signal(ReleaseWorkflow.cancelled_by, decision)
+        await handle.signal("cancelled_by", decision)
         await handle.cancel()
         return f"Cancel requested by {by}: release {key} stops once the steps in flight finish"
-    update = ReleaseWorkflow.retry if action == "retry" else ReleaseWorkflow.rollback
-    reply = await send_update(handle, update, decision, key, action)
+    reply = await send_update(handle, action, decision, DecisionReply, key, action)
     return f"{action.capitalize()} of {reply.deploy} asked by {by} (release {key}: {reply.status})"
 
 
