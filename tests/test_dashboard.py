@@ -88,8 +88,10 @@ async def test_the_grid_after_the_six_seed_releases_is_what_inventory_says(
     env = script_env(NO_SERVER, tmp_path, "unused")
     async with running_dashboard(env, tmp_path / "dashboard.log") as dashboard, browser() as chromium:
         page = await chromium.new_page()
-        await page.goto(dashboard.url + "/")
+        answer = await page.goto(dashboard.url + "/")
         assert await grid_cells(page) == expected
+        # No other site may frame it (a click on a framed button would be the viewer's).
+        assert answer is not None and answer.headers["x-frame-options"] == "DENY"
         # Every state is a word as well as a colour; Temporal's absence is said, not a failure.
         assert await page.locator("td.cell .state").all_inner_texts() == ["verified"] * 12
         assert "Temporal cannot be read now" in await page.inner_text("body")

@@ -19,10 +19,13 @@ from urllib.parse import urlencode
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
+from starlette.datastructures import MutableHeaders
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from temporalio.client import Client
 
 from orchestrator.cli.diagnostics import UserError
@@ -140,7 +143,24 @@ def create_app(dash: Dashboard, refresh: bool = True) -> Starlette:
         Route("/act/{action}", views.act, methods=["POST"]),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(NotFramed)])
+
+
+class NotFramed:
+    """No other site may show the dashboard's pages in a frame (and trick a click on a button)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def framed(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers["X-Frame-Options"] = "DENY"
+                headers["Content-Security-Policy"] = "frame-ancestors 'none'"
+            await send(message)
+
+        await self.app(scope, receive, framed if scope["type"] == "http" else send)
 
 
 class Views:
@@ -225,8 +245,8 @@ async def _act(dash: Dashboard, request: Request) -> Response:
     form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
     action = request.path_params["action"]
     back = form.get("back") or "/"
-    if not back.startswith("/") or back.startswith("//"):
-        back = "/"
+    if not back.startswith("/") or back.startswith("//") or "\\" in back:
+        back = "/"  # only a page of this dashboard: never another site's
     started = time.monotonic()
     if viewer.name is None:
         ok, text = False, f"refused: the dashboard is {viewer.read_only_because}"
