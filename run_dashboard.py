@@ -35,7 +35,7 @@ def build() -> tuple[Dashboard, DashboardSettings]:
     return Dashboard(settings, dashboard, target, lambda: connect(target, quiet=True)), dashboard
 
 
-def serve(dash: Dashboard, dashboard: DashboardSettings) -> int:
+def serve_dashboard(dash: Dashboard, dashboard: DashboardSettings) -> int:
     """Serve until Ctrl+C or SIGTERM; exit 2 when the port is taken."""
     app = create_app(dash)
     # proxy_headers off: the peer address is the connection's, never what an X-Forwarded-For header claims.
@@ -83,7 +83,7 @@ def main(argv: list[str]) -> int:
         print(f"http://{dashboard.host}:{dashboard.port}/")
         return 0
     try:
-        return serve(dash, dashboard)
+        return serve_dashboard(dash, dashboard)
     except KeyboardInterrupt:
         return 0
 

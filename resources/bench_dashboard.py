@@ -186,7 +186,7 @@ def refresh_after_one_line(dash: Dashboard, root: Path, ledger: PostgresLedger |
     return time.perf_counter() - start
 
 
-def store_figures(store: str, releases: int, containers: int, server: PostgresServer | None) -> dict[str, float]:
+def store_figures(releases: int, containers: int, server: PostgresServer | None) -> dict[str, float]:
     root, lines = workspace(releases, containers)
     url = server.new_database() if server else None
     ledger = PostgresLedger(url) if url else None
@@ -196,7 +196,6 @@ def store_figures(store: str, releases: int, containers: int, server: PostgresSe
     start = time.perf_counter()
     dash.ledger.refresh()
     first = time.perf_counter() - start
-    _, last = linked([json.loads(lines[-1])], "")
     figures = {"ledger lines": len(lines), "first refresh s": round(first, 3)}
     last_hash = hashlib.sha256(lines[-1].encode()).hexdigest()
     figures["refresh after one line ms"] = round(refresh_after_one_line(dash, root, ledger, last_hash) * 1000, 1)
@@ -210,8 +209,8 @@ def run(quick: bool) -> dict[str, object]:
         result: dict[str, object] = {"containers": CONTAINERS, "releases": RELEASES, "requests per page": requests}
         for store in ("file", "postgresql"):
             pg = server if store == "postgresql" else None
-            small = store_figures(store, 4, CONTAINERS, pg)
-            large = store_figures(store, RELEASES, CONTAINERS, pg)
+            small = store_figures(4, CONTAINERS, pg)
+            large = store_figures(RELEASES, CONTAINERS, pg)
             dash = large.pop("_dash")
             small.pop("_dash")
             snapshot(dash, RELEASES, CONTAINERS)  # type: ignore[arg-type]

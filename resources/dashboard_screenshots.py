@@ -23,19 +23,14 @@ from playwright.async_api import async_playwright
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from orchestrator.catalog import load_catalog
 from orchestrator.flow.release_run import RELEASE_KEY_ATTRIBUTE, RELEASE_STATUS_ATTRIBUTE
 from utils import exit_now
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "resources"
-SIX = [
-    "RELEASE-NOV-23-INITIAL",
-    "RELEASE-NOV-23-HOTFIX-STAGE",
-    "RELEASE-DEC-2023-BUGFIXES-PROD",
-    "RELEASE-JAN-24-ALPHA-DEV",
-    "RELEASE-JAN-24-ALPHA-QC",
-    "RELEASE-JAN-24-ALPHA-PROD",
-]
+# The seed releases: the demo catalog's first six, in its order; then the one that waits for an approval.
+SIX = load_catalog(REPO / "releases.json").release_keys()[:6]
 HOLD = "RELEASE-FEB-24-BETA-HOLD"
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run", "--hide-scrollbars"]
 

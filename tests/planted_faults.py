@@ -340,10 +340,10 @@ FAULTS = [
     ),
     # --- the trust boundary (issue 18)
     _fault(
-        "a start that carries its own deploys is believed",
-        "ReleaseWorkflow._started_by_1_0",
-        'if workflow.patched("trust-boundary"):',
-        "if False:",
+        "a start that carries its own deploys is not refused",
+        "ReleaseWorkflow._gather",
+        "        if request.model_extra:\n            self._refuse_extra(request)",
+        "        if False:\n            self._refuse_extra(request)",
         "test_workflows.py",
         "test_trust.py",
     ),

@@ -61,12 +61,7 @@ async def start(client: Client, settings: Settings, target: dict, request: Relea
     """Start the release (or follow its run), and follow it to its result; its exit code."""
     key = request.release_key
     workflow_id = release_workflow_id(key)
-    running = await latest_run(client, key)
-    if running is not None and running.status != WorkflowExecutionStatus.RUNNING:
-        running = None
-    if running is not None and request.rollback is not None:
-        await same_rollback(running, request)
-    handle = await start_release(client, settings, target, request.model_copy(update={"identity": client.identity}))
+    handle, running = await begin(client, settings, target, request.model_copy(update={"identity": client.identity}))
     verb = "is already running; following it" if running else "started"
     print(f"Release {key} {verb} (workflow {workflow_id}).", flush=True)
     if running and request.now and request.rollback is None:
@@ -83,6 +78,26 @@ async def start(client: Client, settings: Settings, target: dict, request: Relea
     back = f" ({request.rollback.env} holds {result.deploys[0].artifact} again)" if request.rollback else ""
     print(f"Result: Release {key}: {result.status}{skipped}{back}", flush=True)
     return 0
+
+
+async def begin(
+    client: Client, settings: Settings, target: dict, request: ReleaseRequest
+) -> tuple[WorkflowHandle[Any, ReleaseResult], bool]:
+    """Start the release, or its run that is running (a second rollback-env of a target only if it asks the
+    same: UserError if not); its handle, and whether it was running already."""
+    running = await latest_run(client, request.release_key)
+    if running is not None and running.status != WorkflowExecutionStatus.RUNNING:
+        running = None
+    if running is not None and request.rollback is not None:
+        await same_rollback(running, request)
+    return await start_release(client, settings, target, request), running is not None
+
+
+def entry_waited_for(waiting_for: str | None) -> str | None:
+    """The environment a deploy waits for approval to enter ("approval to enter PROD: 1 of 2"), if it does."""
+    if not (waiting_for or "").startswith("approval to enter "):
+        return None
+    return (waiting_for or "").split()[3].rstrip(":")
 
 
 async def same_rollback(running: WorkflowExecutionDescription, request: ReleaseRequest) -> None:
@@ -219,13 +234,7 @@ class Follower:
             retry = script_command("run_workflow.py", "retry", self.key, "--by", "NAME", *more)
             rollback = script_command("run_workflow.py", "rollback", self.key, "--by", "NAME", *more)
             print(f"  held for a person: {retry}  (after a fix), or {rollback}", flush=True)
-        entering = sorted(
-            {
-                w.split()[3].rstrip(":")
-                for d in state.deploys
-                if (w := d.waiting_for or "").startswith("approval to enter ")
-            }
-        )
+        entering = sorted({env for d in state.deploys if (env := entry_waited_for(d.waiting_for))})
         for env in entering:
             if env not in self.entry_hinted:
                 self.entry_hinted.append(env)

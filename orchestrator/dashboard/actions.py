@@ -10,11 +10,11 @@ from pydantic import ValidationError
 from temporalio.client import Client, WorkflowFailureError
 
 from orchestrator.cli.actions import running_release, send_update
-from orchestrator.cli.diagnostics import UserError, latest_run
-from orchestrator.cli.follower import same_rollback, start_release
+from orchestrator.cli.diagnostics import UserError
+from orchestrator.cli.follower import begin
 from orchestrator.errors import root_cause
 from orchestrator.inventory import check_environment
-from orchestrator.names import check_container_id, check_version, describe_validation_error, printable
+from orchestrator.names import describe_validation_error, printable
 from orchestrator.settings import Settings
 from shared import (
     Approval,
@@ -76,21 +76,17 @@ async def _rollback_env(
     client: Client, settings: Settings, target: dict, by: str, form: dict[str, str], identity: str
 ) -> str:
     """Start the rollback release of one target, as `run_workflow.py rollback-env` does."""
+    env, container, version = (_field(form, name) for name in ("env", "container", "version"))
     try:
-        env = check_environment(_field(form, "env") or "")
-        container = check_container_id(_field(form, "container") or "")
-        version = _field(form, "version")
-        rollback = RollbackTarget(env=env, container=container, version=check_version(version) if version else None)
+        # As run_workflow.py checks it: the environment by name, the container and version by the model.
+        rollback = RollbackTarget(env=check_environment(env or ""), container=container or "", version=version)
     except ValidationError as e:
         raise UserError(describe_validation_error(e).split(": ", 1)[-1]) from None
     except ValueError as e:
         raise UserError(str(e)) from None
     key = rollback.release_key()
     request = ReleaseRequest(release_key=key, now=True, by=by, rollback=rollback, identity=identity)
-    running = await latest_run(client, key)
-    if running is not None and running.status is not None and running.status.name == "RUNNING":
-        await same_rollback(running, request)
-    handle = await start_release(client, settings, target, request)
+    handle, _ = await begin(client, settings, target, request)
     to = f"to {version}" if version else "to the version before"
     try:
         # Most refusals (no earlier version passed there) come as the release gathers: said here, in one line.

@@ -40,14 +40,14 @@ class FileTail:
         except FileNotFoundError:
             if self.stamp is None:
                 return None
-            self.__init__(self.path)  # type: ignore[misc]
+            self._reset()
             return True, []
         stamp = (st.st_size, st.st_mtime_ns)
         if stamp == self.stamp:
             return None
         anew = self.stamp is None or st.st_size < self.offset or st.st_size == self.stamp[0]
         if anew:
-            self.__init__(self.path)  # type: ignore[misc]
+            self._reset()
         with open(self.path, "rb") as f:
             f.seek(self.offset)
             data = f.read(st.st_size - self.offset)
@@ -59,6 +59,9 @@ class FileTail:
         self.offset += len(data)
         self.stamp = stamp
         return anew, entries
+
+    def _reset(self) -> None:
+        self.offset, self.stamp, self.unreadable, self.chain = 0, None, 0, Chain()
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.inventory import VERIFIED, Inventory, Move, Placement, when_utc
+from orchestrator.inventory import Inventory, Move, Placement, when_utc
 from shared import ENVIRONMENTS, ReleaseState, RollbackTarget
 
 if TYPE_CHECKING:
@@ -178,7 +178,3 @@ def timeline(lines: list[dict[str, object]]) -> list[dict[str, str]]:
 
 def waiting_list(rows: list[ReleaseRow]) -> list[Waiting]:
     return [w for row in rows for w in row.waiting()]
-
-
-def trusted_cells(inv: Inventory) -> int:
-    return sum(1 for placed in inv.placements.values() for h in placed.values() if h.state == VERIFIED and not h.drift)

@@ -12,6 +12,7 @@ from temporalio.client import Client, WorkflowExecution, WorkflowExecutionStatus
 from temporalio.service import RPCError
 
 from orchestrator.cli.actions import status_word
+from orchestrator.cli.follower import entry_waited_for
 from orchestrator.flow.release_run import RELEASE_STATUS_ATTRIBUTE
 from shared import AWAITING_APPROVAL, FROZEN, ReleaseState
 
@@ -55,8 +56,7 @@ def waiting_of(key: str, state: ReleaseState) -> list[Waiting]:
     entering = False
     for d in state.deploys:
         waiting_for = d.waiting_for or ""
-        if waiting_for.startswith("approval to enter "):
-            env = waiting_for.split()[3].rstrip(":")
+        if env := entry_waited_for(waiting_for):
             found.append(Waiting(key, f"{d.artifact}: approval to enter {env}", "approve", env=env))
             entering = True
         if any(c.status == "held" for c in d.cells.values()):
