@@ -124,8 +124,13 @@ class Workspace:
         folder = self.env_dir(env)
         if not folder.is_dir():
             return []
-        return [
-            self.inside(p)
-            for p in folder.iterdir()
-            if (p.is_file() or p.is_symlink()) and not p.name.startswith(".") and container_of(p.name) == container
-        ]
+        # By name first: a folder holds every container's artifacts, and only this container's are looked at.
+        with os.scandir(folder) as entries:
+            names = [
+                e.name
+                for e in entries
+                if not e.name.startswith(".")
+                and container_of(e.name) == container
+                and (e.is_file() or e.is_symlink())
+            ]
+        return [self.inside(folder / name) for name in names]
