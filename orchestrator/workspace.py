@@ -129,8 +129,6 @@ class Workspace:
             names = [
                 e.name
                 for e in entries
-                if not e.name.startswith(".")
-                and container_of(e.name) == container
-                and (e.is_file() or e.is_symlink())
+                if not e.name.startswith(".") and container_of(e.name) == container and (e.is_file() or e.is_symlink())
             ]
         return [self.inside(folder / name) for name in names]
