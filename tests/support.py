@@ -28,6 +28,7 @@ from release_management import ReleaseManagement
 from shared import StepInput, StepResult
 from tests.conftest import REPO
 from tests.steps import promote
+from tests.warm_scripts import WARM_SCRIPTS
 from utils import EXIT_CODE, FailureInjector
 from workflows import ReleaseWorkflow
 
@@ -122,10 +123,13 @@ def stopped_at_the_end(workers: list[WorkerProcess]) -> Iterator[list[WorkerProc
 async def run_python(
     argv: list[str], env: dict[str, str], limit: float = 120, merge: bool = True
 ) -> tuple[int, str, str]:
-    """Run this interpreter with argv from the repo root to its end: exit code, stdout, stderr ("" if merged)."""
+    """Run this interpreter with argv from the repo root to its end: exit code, stdout, stderr ("" if merged).
+
+    run_workflow.py starts warm (tests/warm_scripts.py)."""
+    script = str(REPO / "run_workflow.py")
+    command = [*WARM_SCRIPTS.command("run_workflow.py"), *argv[1:]] if argv[:1] == [script] else [sys.executable, *argv]
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        *argv,
+        *command,
         cwd=REPO,
         env=env,
         stdout=asyncio.subprocess.PIPE,

@@ -27,6 +27,7 @@ from temporalio.testing import WorkflowEnvironment
 from orchestrator.cli.waits import CHECK_SECONDS, WORKER_ANSWER, WORKER_GRACE_SECONDS
 from tests.conftest import REPO, target_of
 from tests.support import WorkerProcess, run_script, script_env, task_queue, until
+from tests.warm_scripts import WARM_SCRIPTS
 from utils import FailureInjector, SimulatedFailure, python_command
 
 ALPHA_DEV = "RELEASE-JAN-24-ALPHA-DEV"  # DEV only: nine quick steps
@@ -48,8 +49,7 @@ class Script:
     async def start(self) -> Script:
         self.began = time.monotonic()
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(REPO / "run_workflow.py"),
+            *WARM_SCRIPTS.command("run_workflow.py"),
             *self.args,
             cwd=REPO,
             env=self.env,

@@ -1,0 +1,97 @@
+"""The warm start of run_workflow.py (tests/warm_scripts.py) shows a test what a plain process shows it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+from temporalio.testing import WorkflowEnvironment
+
+from tests.conftest import REPO, target_of
+from tests.support import script_env, task_queue, until
+from tests.warm_scripts import WARM_SCRIPTS
+
+# No server listens there: the commands that need one say so and exit 3.
+NOBODY = "127.0.0.1:9"
+PLAIN = [sys.executable, str(REPO / "run_workflow.py")]
+
+
+async def run(command: list[str], args: list[str], env: dict[str, str]) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *command, *args, cwd=REPO, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode or 0, out.decode()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--help"], ["status", "RELEASE-NOV-23-INITIAL"], ["inventory"], ["approve", "NO SUCH KEY", "--by", "x"]],
+    ids=["help", "no-server", "inventory", "bad-key"],
+)
+async def test_a_warm_command_prints_and_exits_as_a_plain_one(args: list[str], tmp_path: Path) -> None:
+    env = script_env(NOBODY, tmp_path, "warm")
+    plain = await run(PLAIN, args, env)
+    assert plain[1].strip()  # something to compare
+    assert await run(WARM_SCRIPTS.command("run_workflow.py"), args, env) == plain
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rpartition(")")[2].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+async def test_ctrl_c_reaches_the_command_and_a_killed_launcher_takes_it_along(
+    dev_server: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    # No worker: a start waits for one until Ctrl+C.
+    env = script_env(target_of(dev_server), tmp_path, task_queue())
+    outputs = []
+    for command in (PLAIN, WARM_SCRIPTS.command("run_workflow.py")):
+        out = tmp_path / f"out-{len(outputs)}"
+        sink = os.open(out, os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *command, "--release-key", "RELEASE-JAN-24-ALPHA-DEV", cwd=REPO, env=env, stdout=sink, stderr=sink
+            )
+        finally:
+            os.close(sink)
+        await until(lambda out=out: "started (workflow" in out.read_text() or "following it" in out.read_text())
+        proc.send_signal(signal.SIGINT)
+        outputs.append((await asyncio.wait_for(proc.wait(), 30), out.read_text().splitlines()[-1]))
+    assert outputs[0] == outputs[1] and outputs[0][0] == 130, outputs
+
+    assert WARM_SCRIPTS.proc is not None
+    proc = await asyncio.create_subprocess_exec(
+        *WARM_SCRIPTS.command("run_workflow.py"),
+        "--release-key",
+        "RELEASE-JAN-24-ALPHA-DEV",
+        cwd=REPO,
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    # The command is a grandchild of the warm process: under the manager its launcher talks to.
+    await until(lambda: any(children(m) for m in children(WARM_SCRIPTS.proc.pid)))  # type: ignore[union-attr]
+    [command] = [c for m in children(WARM_SCRIPTS.proc.pid) for c in children(m)]
+    proc.kill()
+    await proc.wait()
+    await until(lambda: not alive(command), 10)
+
+
+def alive(pid: int) -> bool:
+    """Whether pid runs (a zombie, ended but not yet reaped by its parent, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
