@@ -29,6 +29,7 @@ from tests.support import (
     task_queue,
 )
 from tests.test_approvals import cause_of, start, until_status
+from tests.test_first_minutes import Script
 from utils import python_command
 from workflows import ReleaseWorkflow
 
@@ -196,7 +197,7 @@ async def test_unfreeze_from_the_command_line(dev_server: WorkflowEnvironment, t
         target_of(dev_server), tmp_path, task_queue(), RELEASE_CATALOG=str(REPO / "examples" / "freeze.json")
     )
     with stopped_at_the_end([await asyncio.to_thread(WorkerProcess(env, tmp_path / "worker.log").start)]):
-        starter = asyncio.ensure_future(run_script(["--release-key", FREEZE_KEY], env))
+        starter = await Script(["--release-key", FREEZE_KEY], env).start()
         async with asyncio.timeout(60):
             while True:
                 code, out = await run_script(["status", FREEZE_KEY], env)
@@ -206,11 +207,13 @@ async def test_unfreeze_from_the_command_line(dev_server: WorkflowEnvironment, t
         hint = f"{python_command()} run_workflow.py unfreeze {FREEZE_KEY} --by NAME"
         assert f"  override the freeze for this release with: {hint}\n" in out, out
         assert "frontend-2.0 is waiting for the PROD freeze to end at 2100-01-01 00:00 UTC" in out, out
+        # The person following the release is told how to act before anyone acts.
+        await starter.line(r"^  it waits for the freeze to end; ")
         code, out = await run_script(["unfreeze", FREEZE_KEY, "--by", " "], env)
         assert (code, out) == (2, "error: the approver is empty: say who unfreezes\n")
         code, out = await run_script(["unfreeze", FREEZE_KEY, "--by", "Ana"], env)
         assert (code, out) == (0, f"Unfrozen by Ana: release {FREEZE_KEY} promotes into PROD now (RUNNING)\n")
-        code, out = await starter
+        code, out = await starter.result()
         assert code == 0 and out.splitlines()[-1] == f"Result: Release {FREEZE_KEY}: SUCCESS", out
         assert f"  it waits for the freeze to end; override it for this release with: {hint}\n" in out, out
         assert re.search(r"^  \d\d:\d\d:\d\d freeze of PROD overridden by Ana for this release$", out, re.M), out

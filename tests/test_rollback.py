@@ -30,6 +30,7 @@ from tests.support import (
     worker_exits,
 )
 from tests.test_approvals import cause_of, until_status
+from tests.test_first_minutes import Script
 from utils import python_command
 from workflows import ReleaseWorkflow
 
@@ -320,7 +321,7 @@ async def test_held_deploy_and_rollback_env_from_the_command_line(
     with stopped_at_the_end([await asyncio.to_thread(WorkerProcess(env, tmp_path / "worker.log").start)]):
         code, out = await run_script(["--release-key", "RELEASE-JAN-24-ALPHA-DEV"], env)
         assert code == 0, out
-        starter = asyncio.ensure_future(run_script(["--release-key", HOLD_KEY], env))
+        starter = await Script(["--release-key", HOLD_KEY], env).start()
         async with asyncio.timeout(60):
             while True:
                 code, out = await run_script(["status", HOLD_KEY], env)
@@ -332,13 +333,15 @@ async def test_held_deploy_and_rollback_env_from_the_command_line(
             f"  sbstore-1.8 is held: {py} run_workflow.py retry {HOLD_KEY} --by NAME --deploy sbstore  (after a fix), "
             f"or {py} run_workflow.py rollback {HOLD_KEY} --by NAME --deploy sbstore\n"
         ) in out, out
+        # The person following the release is told how to act before anyone acts.
+        await starter.line(r"^  held for a person: ")
         code, out = await run_script(["rollback", HOLD_KEY, "--by", " "], env)
         assert (code, out) == (2, "error: the approver is empty: say who asks to rollback\n")
         code, out = await run_script(["retry", HOLD_KEY, "--by", "Ana", "--deploy", "frontend"], env)
         assert (code, out) == (2, f"error: release {HOLD_KEY} does not hold 'frontend'; held: sbstore\n")
         code, out = await run_script(["rollback", HOLD_KEY, "--by", "Ana"], env)
         assert (code, out) == (0, f"Rollback of sbstore-1.8 asked by Ana (release {HOLD_KEY}: HELD)\n")
-        code, out = await starter
+        code, out = await starter.result()
         assert code == 1, out
         assert out.splitlines()[-1] == (
             f"Result: Release {HOLD_KEY}: FAILED: GateFailed: sbstore-1.8 failed security in QC: "
