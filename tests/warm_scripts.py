@@ -6,8 +6,8 @@ starts about 150 commands outside the docs test: that was a sixth of its time. H
 launcher (`python -S -I`, a few milliseconds) that hands the warm process its argv, environment, folder and its
 stdin, stdout and stderr; a fork of the warm process runs the script in them, `__main__` as usual, and the
 launcher ends with the command's exit code, or by its signal. A signal sent to the launcher goes on to the command
-(no test relies on it: a test of Ctrl+C, plain then warm, timed out twice under the full suite, see todo.md); a launcher killed
-outright takes its command with it.
+(no test relies on it: a test of Ctrl+C, plain then warm, timed out twice under the full suite, see todo.md);
+a launcher killed outright takes its command with it.
 
 What a test sees is what it saw of a plain process: the same script, arguments, environment, output and exit code.
 What the warm start leaves out is only the imports. The docs test, the worker and the tests of a broken
