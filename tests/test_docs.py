@@ -20,6 +20,9 @@ aside). Documented lines are found in order, except that step lines (starting wi
 follow one another in the docs may come in any order among themselves: deploys of different
 containers run in parallel. Output lines the docs leave out are allowed.
 
+A command that ends by itself starts `run_workflow.py` warm (tests/warm_scripts.py): the same script, arguments,
+environment and streams, without the imports. A command that stays running starts plainly.
+
 Directives, as HTML comments in the doc:
 - `<!-- docs-test: new session -->`: what follows needs nothing from what comes before; it runs
   against a server, workspace and worker of its own. Docs and sessions run side by side.
@@ -52,6 +55,7 @@ from temporalio.testing import WorkflowEnvironment
 from orchestrator.flow.release_run import RELEASE_KEY_ATTRIBUTE, RELEASE_STATUS_ATTRIBUTE
 from tests.conftest import REPO, installed_binary, target_of
 from tests.support import WorkerProcess, script_env
+from tests.warm_scripts import WARM_SCRIPTS
 from utils import WORKER_VARIABLES, python_command
 
 DOCS = [name for name in ("README.md", "setup.md", "demos.md") if "```console" in (REPO / name).read_text()]
@@ -286,8 +290,13 @@ class Session:
             line = line.replace(theirs, ours)
         return line
 
-    def command(self, text: str) -> str:
-        return text.replace("/tmp/", f"{self.tmp}/").replace(".venv/bin/python", shlex.quote(sys.executable))
+    def command(self, text: str, warm: bool) -> str:
+        """The command as run here: in the test's folder, with this interpreter; `run_workflow.py` warm if asked."""
+        python = shlex.quote(sys.executable)
+        text = text.replace("/tmp/", f"{self.tmp}/").replace(".venv/bin/python", python)
+        if warm:
+            text = text.replace(f"{python} run_workflow.py", shlex.join(WARM_SCRIPTS.command("run_workflow.py")))
+        return text
 
     async def restart_worker(self, settings: dict[str, str]) -> None:
         if self.worker is not None:
@@ -298,7 +307,7 @@ class Session:
     async def run(self, step: Step) -> None:
         if step.file is not None:
             path, content = step.file
-            target = Path(self.command(path))
+            target = Path(self.command(path, warm=False))
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(content)
         elif step.worker is not None:
@@ -307,7 +316,9 @@ class Session:
             assert step.continues in self.running, f"{step.where}: nothing named {step.continues} runs"
             await self.running[step.continues].shows(step.expected, step.where, to_the_end=False)
         for command in step.commands:
-            terminal = await Terminal(command.text, self.command(command.text), self.env, self.place).start()
+            # A command that stays running is stopped with Ctrl+C, which no test sends a warm command (todo.md).
+            run = await asyncio.to_thread(self.command, command.text, warm=step.stays is None)
+            terminal = await Terminal(command.text, run, self.env, self.place).start()
             if step.stays is not None:
                 self.running[step.stays] = terminal
                 await terminal.shows(command.expected, step.where, to_the_end=False)
