@@ -22,6 +22,7 @@ from temporalio.exceptions import is_cancelled_exception
 from orchestrator.cli import waits
 from orchestrator.cli.diagnostics import (
     UserError,
+    final_progress,
     latest_run,
     no_worker,
     progress,
@@ -189,7 +190,7 @@ async def cancel(client: Client, settings: Settings, key: str, by: str) -> int:
     except WorkflowFailureError as e:
         # A cancel that lands while a step runs may arrive as that step's error, wrapping the cancel.
         if is_cancelled_exception(e.cause):
-            state = await progress(handle)
+            state = await final_progress(handle)
             print(f"Release {key}: CANCELLED ({state.error if state else 'see status'})")
             return 0
         print(f"Release {key} failed before the cancel took effect: {printable(str(root_cause(e)))}")

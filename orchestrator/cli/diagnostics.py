@@ -74,6 +74,18 @@ async def progress(handle: WorkflowHandle) -> ReleaseState | None:
         return None  # a query that failed once (a worker restarting, say) is asked again at the next look
 
 
+async def final_progress(handle: WorkflowHandle) -> ReleaseState | None:
+    """The state of a release that has ended, or None when no worker answers.
+
+    An ended release is replayed from its history to answer, so a busy worker can miss one ask; its state no
+    longer changes, so it is asked again, at most FINAL_ASKS times.
+    """
+    for _ in range(waits.FINAL_ASKS):
+        if (state := await progress(handle)) is not None:
+            return state
+    return None
+
+
 async def worker_polls(client: Client, task_queue: str, build_id: str | None = None) -> bool:
     """Whether a live worker polls the task queue for workflow tasks; of version build_id, when given."""
     pollers = await client.workflow_service.describe_task_queue(

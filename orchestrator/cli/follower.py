@@ -24,7 +24,16 @@ from temporalio.exceptions import TerminatedError, is_cancelled_exception
 from temporalio.service import RPCError, RPCStatusCode
 
 from orchestrator.cli import waits
-from orchestrator.cli.diagnostics import UserError, latest_run, no_worker, progress, release_polled, start_one, troubles
+from orchestrator.cli.diagnostics import (
+    UserError,
+    final_progress,
+    latest_run,
+    no_worker,
+    progress,
+    release_polled,
+    start_one,
+    troubles,
+)
 from orchestrator.errors import REFUSED_AT_START, root_cause
 from orchestrator.flow.release_run import RELEASE_KEY_ATTRIBUTE, RELEASE_STATUS_ATTRIBUTE
 from orchestrator.names import printable
@@ -118,7 +127,7 @@ async def _failed(handle: WorkflowHandle[Any, ReleaseResult], key: str, e: Workf
     """Say how the release ended without success: cancelled, terminated, failed (1), or refused at its start (2)."""
     cause = root_cause(e)
     if is_cancelled_exception(e.cause):
-        state = await progress(handle)
+        state = await final_progress(handle)
         print(f"Result: Release {key}: CANCELLED ({state.error if state else 'see status'})", flush=True)
     elif isinstance(e.cause, TerminatedError):
         # Ended from outside (`temporal workflow terminate`, the Web UI): not a failure of its own.

@@ -9,6 +9,8 @@ from datetime import timedelta
 RIDE_THROUGH_SECONDS = 300
 # Queries and updates need a worker to answer; without one they would wait forever.
 WORKER_ANSWER = timedelta(seconds=10)
+# How many times the state of a release that has ended is asked for before "see status" stands in for it.
+FINAL_ASKS = 3
 # An idle worker renews its long poll about once a minute, and a killed worker stays in the
 # task queue's poller list for minutes: only a poller seen more recently than this counts.
 POLLER_FRESH_SECONDS = 90
