@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -63,8 +64,10 @@ def task_queue() -> str:
 class WorkerProcess:
     """run_worker.py in a subprocess, its output in a log file."""
 
-    def __init__(self, env: dict[str, str], log: Path) -> None:
+    def __init__(self, env: dict[str, str], log: Path, warm: bool = True) -> None:
+        """warm: started as a fork of the warm process (tests/warm_scripts.py), unless WARM_SCRIPTS=off."""
         self.env, self.log = env, log
+        self.warm = warm and WARM_SCRIPTS.on
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30, may_exit: bool = False) -> WorkerProcess:
@@ -72,9 +75,9 @@ class WorkerProcess:
         before that line, having taken a task first, is started too (the caller counts its exit)."""
         offset = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, str(REPO / "run_worker.py")], cwd=REPO, env=self.env, stdout=out, stderr=out
-            )
+            plain = [sys.executable, str(REPO / "run_worker.py")]
+            command = WARM_SCRIPTS.command("run_worker.py") if self.warm else plain
+            self.proc = subprocess.Popen(command, cwd=REPO, env=self.env, stdout=out, stderr=out)
         deadline = time.monotonic() + timeout
         while b"Worker ready" not in self.log.read_bytes()[offset:]:
             if may_exit and self.proc.poll() == EXIT_CODE:
@@ -85,8 +88,13 @@ class WorkerProcess:
         return self
 
     def kill(self) -> None:
+        """SIGKILL the worker itself; a warm one's launcher then ends as its command did, once it is reaped."""
         assert self.proc is not None
-        self.proc.kill()
+        if self.warm and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(WARM_SCRIPTS.pid_of(self.proc.pid), signal.SIGKILL)
+        else:
+            self.proc.kill()
         self.proc.wait()
 
     def stop(self, timeout: float = 30) -> int:

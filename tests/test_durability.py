@@ -62,7 +62,8 @@ async def test_ctrl_c_stops_a_worker_cleanly_and_the_next_one_finishes(
     env = script_env(target_of(dev_server), tmp_path, task_queue(), DEMO_STEP_SECONDS="2")
     log = tmp_path / "worker.log"
     ledger = Ledger(tmp_path / "ledger.jsonl")
-    with stopped_at_the_end([WorkerProcess(env, log).start()]) as workers:
+    # Plain workers: the Ctrl+C proven here is sent to the worker itself, not passed on by a warm launcher.
+    with stopped_at_the_end([WorkerProcess(env, log, warm=False).start()]) as workers:
         release = asyncio.create_task(run_script(["--release-key", "RELEASE-JAN-24-ALPHA-DEV"], env))
         await until(lambda: any("container" in e for e in ledger.entries()))  # steps are in flight
         # Within its 5 s of grace for the steps in flight, and some for a busy machine; stop() raises after 30 s.
@@ -70,7 +71,7 @@ async def test_ctrl_c_stops_a_worker_cleanly_and_the_next_one_finishes(
         text = log.read_text()
         assert "Worker stopped." in text and "Traceback" not in text, text
         assert not release.done()
-        workers.append(WorkerProcess(env, log).start())
+        workers.append(WorkerProcess(env, log, warm=False).start())
         code, out = await release
         replacement_exit = workers[1].stop()
     assert code == 0, out

@@ -1,4 +1,4 @@
-"""The warm start of run_workflow.py (tests/warm_scripts.py) shows a test what a plain process shows it."""
+"""The warm starts of run_workflow.py and run_worker.py (tests/warm_scripts.py) show a test what plain ones show."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from tests.conftest import REPO, target_of
-from tests.support import script_env, task_queue, until
+from tests.support import WorkerProcess, script_env, task_queue, until
 from tests.warm_scripts import WARM_SCRIPTS
 
 # No server listens there: the commands that need one say so and exit 3.
@@ -76,3 +76,13 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
     except OSError:
         return False
+
+
+async def test_a_warm_worker_killed_is_gone_when_kill_returns(dev_server: WorkflowEnvironment, tmp_path: Path) -> None:
+    worker = WorkerProcess(script_env(target_of(dev_server), tmp_path, task_queue()), tmp_path / "worker.log").start()
+    assert worker.warm and worker.proc is not None
+    pid = WARM_SCRIPTS.pid_of(worker.proc.pid)
+    assert pid != worker.proc.pid and alive(pid)
+    worker.kill()
+    assert not alive(pid)
+    assert worker.proc.returncode == -9  # the launcher ends as its command did

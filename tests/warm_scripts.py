@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,7 +44,8 @@ while len(answer) < 4:
     answer += chunk
 code = struct.unpack("!i", answer)[0]
 if code < 0:
-    signal.signal(-code, signal.SIG_DFL)
+    if -code != signal.SIGKILL:  # whose handling cannot be set
+        signal.signal(-code, signal.SIG_DFL)
     os.kill(os.getpid(), -code)
 os._exit(code)
 """
@@ -51,7 +53,7 @@ os._exit(code)
 # The warm process: imports, then forks a manager per launcher; the manager forks the command and waits for it.
 WARM = r"""
 import json, os, runpy, select, signal, socket, struct, sys, threading, traceback
-import run_workflow, utils, temporalio.client, temporalio.contrib.pydantic
+import run_workflow, run_worker, utils, temporalio.client, temporalio.contrib.pydantic, temporalio.worker
 import orchestrator.cli.actions, orchestrator.cli.diagnostics, orchestrator.cli.follower, orchestrator.cli.waits
 assert threading.active_count() == 1, "imports started a thread: a fork would not be safe"
 
@@ -101,6 +103,12 @@ def manage(conn):
         run(header, fds, conn)
     for fd in fds:
         os.close(fd)
+    # Which command a launcher stands for, by the launcher's pid (the peer of its socket): for a test to kill it.
+    launcher = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
+    record = os.path.join(os.path.dirname(sys.argv[1]), f"{launcher}.pid")
+    with open(record + ".new", "w") as out:
+        out.write(str(pid))
+    os.rename(record + ".new", record)
     ended = os.pidfd_open(pid)
     while True:
         ready, _, _ = select.select([conn, ended], [], [])
@@ -135,8 +143,8 @@ while os.getppid() == parent:  # the pytest process that started it ends without
         finally:
             os._exit(0)
     conn.close()
-os.unlink(sys.argv[1])
-os.rmdir(os.path.dirname(sys.argv[1]))
+import shutil
+shutil.rmtree(os.path.dirname(sys.argv[1]), ignore_errors=True)  # the socket and the pid records
 """
 
 
@@ -148,11 +156,26 @@ class WarmScripts:
         self.socket: str | None = None
         self.proc: subprocess.Popen[bytes] | None = None
 
+    @property
+    def on(self) -> bool:
+        return os.environ.get("WARM_SCRIPTS", "on") != "off"
+
     def command(self, script: str) -> list[str]:
         """How to start REPO/script: warm, or plainly where WARM_SCRIPTS=off."""
-        if os.environ.get("WARM_SCRIPTS", "on") == "off":
+        if not self.on:
             return [sys.executable, str(REPO / script)]
         return [sys.executable, "-S", "-I", "-c", LAUNCHER, self._started(), str(REPO / script)]
+
+    def pid_of(self, launcher: int, limit: float = 10) -> int:
+        """The pid of the command that a launcher (by its pid) started warm."""
+        assert self.socket is not None
+        record = Path(self.socket).parent / f"{launcher}.pid"
+        deadline = time.monotonic() + limit
+        while not record.exists():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no warm command for launcher {launcher}")
+            time.sleep(0.01)
+        return int(record.read_text())
 
     def _started(self) -> str:
         with self.lock:
