@@ -8,11 +8,17 @@ them with those of the worker make started (see the Makefile).
 
 from __future__ import annotations
 
+import os
+import signal
+
+if __name__ == "__main__":
+    # Ctrl+C while the imports below run ends the script at once, before it has started anything. Raised there,
+    # Python may deliver the KeyboardInterrupt inside a callback that only prints it, and the script goes on.
+    signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+
 import argparse
 import asyncio
 import logging
-import os
-import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta

@@ -21,6 +21,14 @@ KEY defaults to RELEASE-NOV-23-INITIAL; `--list` is an alias of `list`.
 
 from __future__ import annotations
 
+import os
+import signal
+
+if __name__ == "__main__":
+    # Ctrl+C while the imports below run ends the script at once, before it has started anything. Raised there,
+    # Python may deliver the KeyboardInterrupt inside a callback that only prints it, and the script goes on.
+    signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+
 import argparse
 import asyncio
 import getpass
@@ -264,6 +272,8 @@ def stopped_waiting(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    # From here Ctrl+C stops the waiting: asyncio.run cancels the command, which says what goes on without it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         code = asyncio.run(main(sys.argv[1:]))
     except KeyboardInterrupt:
