@@ -1,17 +1,18 @@
-"""Test infrastructure: run_workflow.py as a fork of a process that has imported it already, as Rails' Spring does.
+"""Test infrastructure: run_workflow.py and run_worker.py as forks of a process that has imported them, as Rails'
+Spring does.
 
-A Python process that talks to Temporal spends 0.6 CPU-seconds importing before it does anything, and the suite
-starts about 150 commands outside the docs test: that was a sixth of its time. Here each pytest process keeps one
-*warm* process that has imported what the command line needs and waits on a Unix socket. A command is a small
-launcher (`python -S -I`, a few milliseconds) that hands the warm process its argv, environment, folder and its
-stdin, stdout and stderr; a fork of the warm process runs the script in them, `__main__` as usual, and the
-launcher ends with the command's exit code, or by its signal. A signal sent to the launcher goes on to the command
-(no test relies on it: a test of Ctrl+C, plain then warm, timed out twice under the full suite, see todo.md);
-a launcher killed outright takes its command with it.
+A Python process that talks to Temporal spends 0.6 to 0.8 CPU-seconds importing before it does anything, and the
+suite starts about 300 commands and workers: that was a third of its time. Here each pytest process keeps one
+*warm* process that has imported what the scripts need and waits on a Unix socket. A command is a small launcher
+(`python -S -I`, a few milliseconds) that hands the warm process its argv, environment, folder and its stdin,
+stdout and stderr; a fork of the warm process runs the script in them, `__main__` as usual, and the launcher ends
+with the command's exit code, or by its signal. A signal sent to the launcher goes on to the command (the tests'
+workers are stopped that way, with Ctrl+C); a launcher killed outright takes its command with it. The warm
+process records each command's pid under its launcher's, so a test can SIGKILL the command itself (`pid_of`).
 
 What a test sees is what it saw of a plain process: the same script, arguments, environment, output and exit code.
-What the warm start leaves out is only the imports. The docs test, the worker and the tests of a broken
-installation still start plain processes. WARM_SCRIPTS=off starts every command plainly.
+What the warm start leaves out is only the imports, so a test of what happens during them (Ctrl+C while a script
+imports, a broken installation) starts plain processes. WARM_SCRIPTS=off starts every command plainly.
 """
 
 from __future__ import annotations
