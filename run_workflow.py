@@ -24,9 +24,10 @@ from __future__ import annotations
 import os
 import signal
 
-if __name__ == "__main__":
+if __name__ == "__main__" and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
     # Ctrl+C while the imports below run ends the script at once, before it has started anything. Raised there,
     # Python may deliver the KeyboardInterrupt inside a callback that only prints it, and the script goes on.
+    # (Started with Ctrl+C ignored, as a shell starts a background job, it stays ignored.)
     signal.signal(signal.SIGINT, lambda *_: os._exit(130))
 
 import argparse
@@ -273,7 +274,8 @@ def stopped_waiting(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     # From here Ctrl+C stops the waiting: asyncio.run cancels the command, which says what goes on without it.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         code = asyncio.run(main(sys.argv[1:]))
     except KeyboardInterrupt:
