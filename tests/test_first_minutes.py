@@ -22,7 +22,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
 from orchestrator.cli.waits import CHECK_SECONDS, WORKER_ANSWER, WORKER_GRACE_SECONDS
@@ -405,3 +405,30 @@ async def test_ctrl_c_while_a_script_imports_ends_it_quietly(script: str, tmp_pa
             break
     assert proc.returncode == 130, out.decode()
     assert "Traceback" not in out.decode() and "KeyboardInterrupt" not in out.decode(), out.decode()
+
+
+async def test_ctrl_c_while_a_starter_follows_stops_following_and_the_release_goes_on(
+    dev_server: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    """A plain starter waiting for a worker: Ctrl+C ends it with 130 and the line that says the release goes on."""
+    env = script_env(target_of(dev_server), tmp_path, task_queue())
+    proc = await asyncio.create_subprocess_exec(
+        *[sys.executable, str(REPO / "run_workflow.py"), "--release-key", "RELEASE-JAN-24-ALPHA-DEV"],
+        cwd=REPO,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert proc.stdout is not None
+    async with asyncio.timeout(60):
+        while b"no worker polls task queue" not in await proc.stdout.readline():
+            pass
+    proc.send_signal(signal.SIGINT)
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 130, out.decode()
+    assert (out.decode().rstrip().splitlines() or [""])[-1] == (
+        "Stopped waiting. The release goes on in Temporal; "
+        f"`{python_command()} run_workflow.py status RELEASE-JAN-24-ALPHA-DEV` shows it."
+    ), out.decode()
+    handle = dev_server.client.get_workflow_handle("release-RELEASE-JAN-24-ALPHA-DEV")
+    assert (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
