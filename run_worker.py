@@ -12,8 +12,9 @@ import os
 import signal
 
 if __name__ == "__main__" and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-    # Ctrl+C while the imports below run ends the script at once, before it has started anything. Raised there,
-    # Python may deliver the KeyboardInterrupt inside a callback that only prints it, and the script goes on.
+    # Ctrl+C while the imports below run (and until main() takes it over) ends the script at once, before it has
+    # started anything. Raised during imports, Python may deliver the KeyboardInterrupt inside a callback that
+    # only prints it, and the script goes on.
     # (Started with Ctrl+C ignored, as a shell starts a background job, it stays ignored.)
     signal.signal(signal.SIGINT, lambda *_: os._exit(130))
 

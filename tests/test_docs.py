@@ -316,7 +316,7 @@ class Session:
             assert step.continues in self.running, f"{step.where}: nothing named {step.continues} runs"
             await self.running[step.continues].shows(step.expected, step.where, to_the_end=False)
         for command in step.commands:
-            # A command that stays running is stopped with Ctrl+C, which no test sends a warm command (todo.md).
+            # A command that stays running starts plainly: Ctrl+C to its process group then reaches it itself.
             run = await asyncio.to_thread(self.command, command.text, warm=step.stays is None)
             terminal = await Terminal(command.text, run, self.env, self.place).start()
             if step.stays is not None:

@@ -389,7 +389,8 @@ async def test_ctrl_c_while_a_script_imports_ends_it_quietly(script: str, tmp_pa
     env = script_env("127.0.0.1:9", tmp_path, task_queue())  # nothing listens: the script would end with 3
     for _ in range(3):
         proc = await asyncio.create_subprocess_exec(
-            *[sys.executable, str(REPO / script)],
+            sys.executable,
+            str(REPO / script),
             cwd=REPO,
             env=env,
             stdout=asyncio.subprocess.PIPE,
@@ -413,7 +414,10 @@ async def test_ctrl_c_while_a_starter_follows_stops_following_and_the_release_go
     """A plain starter waiting for a worker: Ctrl+C ends it with 130 and the line that says the release goes on."""
     env = script_env(target_of(dev_server), tmp_path, task_queue())
     proc = await asyncio.create_subprocess_exec(
-        *[sys.executable, str(REPO / "run_workflow.py"), "--release-key", "RELEASE-JAN-24-ALPHA-DEV"],
+        sys.executable,
+        str(REPO / "run_workflow.py"),
+        "--release-key",
+        "RELEASE-JAN-24-ALPHA-DEV",
         cwd=REPO,
         env=env,
         stdout=asyncio.subprocess.PIPE,

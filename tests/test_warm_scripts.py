@@ -38,17 +38,6 @@ async def test_a_warm_command_prints_and_exits_as_a_plain_one(args: list[str], t
     assert await run(WARM_SCRIPTS.command("run_workflow.py"), args, env) == plain
 
 
-def children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rpartition(")")[2].split()[1]) == pid:
-                found.append(int(stat.parent.name))
-        except (OSError, ValueError):
-            continue
-    return found
-
-
 async def test_a_killed_launcher_takes_its_command_along(dev_server: WorkflowEnvironment, tmp_path: Path) -> None:
     # No worker: a start waits for one until it is stopped.
     env = script_env(target_of(dev_server), tmp_path, task_queue())
@@ -61,10 +50,9 @@ async def test_a_killed_launcher_takes_its_command_along(dev_server: WorkflowEnv
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )
-    # The command is a grandchild of the warm process: under the manager its launcher talks to.
-    assert WARM_SCRIPTS.proc is not None
-    await until(lambda: any(children(m) for m in children(WARM_SCRIPTS.proc.pid)))  # type: ignore[union-attr]
-    [command] = [c for m in children(WARM_SCRIPTS.proc.pid) for c in children(m)]
+    # The command is a grandchild of the warm process, which records its pid under the launcher's.
+    command = await asyncio.to_thread(WARM_SCRIPTS.pid_of, proc.pid)
+    assert alive(command)
     proc.kill()
     await proc.wait()
     await until(lambda: not alive(command), 10)
